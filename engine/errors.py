@@ -1,0 +1,114 @@
+"""The error tree of pipectl. Every error a user sees is one of these.
+
+    PipelineError                 base; carries an optional place (file:line, node, input)
+    ├── SpecError                 the pipeline file does not parse or fails its schema
+    ├── GraphError                the graph is wrong: unknown node or port, cycle, type mismatch
+    ├── PlacementError            instances do not fit on the devices (with the numbers)
+    └── RequestError              a request is wrong or cannot be served
+        ├── InvalidInput          wrong dtype, shape or missing input (names the input and node)
+        ├── NotFound              unknown pipeline or node
+        ├── QueueFull             a batcher's max_queue_size is reached (rejected at once)
+        ├── DeadlineExceeded      the request's timeout passed
+        ├── Unavailable           loading or draining
+        ├── Cancelled             the client went away
+        └── NodeError             a node raised while computing (names the node and the request)
+
+Problems found by checks are collected as `Issue` records; `SpecError`/`GraphError` carry the list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a pipeline file: a code, where it is, what is wrong, how to fix it."""
+
+    code: str
+    message: str
+    file: str = ""
+    line: int = 0
+    path: str = ""
+    hint: str = ""
+    severity: str = "error"  # or "warning"
+
+    def format(self) -> str:
+        where = f"{self.file}:{self.line}: " if self.file else ""
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{where}{self.code} {self.message}{hint}"
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "file": self.file,
+            "line": self.line,
+            "path": self.path,
+            "hint": self.hint,
+            "severity": self.severity,
+        }
+
+
+class PipelineError(Exception):
+    """Base of every pipectl error."""
+
+
+class _IssuesError(PipelineError):
+    def __init__(self, issues: list[Issue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(i.format() for i in self.issues if i.severity == "error"))
+
+
+class SpecError(_IssuesError):
+    """The pipeline file does not parse or does not match the schema."""
+
+
+class GraphError(_IssuesError):
+    """The pipeline's graph is inconsistent."""
+
+
+class PlacementError(PipelineError):
+    """Node instances do not fit on the available devices."""
+
+
+class RequestError(PipelineError):
+    """A request cannot be served; `status` is the gRPC status code name it maps to."""
+
+    status = "INTERNAL"
+
+    def __init__(self, message: str, *, node: str = "", request_id: str = ""):
+        self.node = node
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class InvalidInput(RequestError):
+    status = "INVALID_ARGUMENT"
+
+
+class NotFound(RequestError):
+    status = "NOT_FOUND"
+
+
+class QueueFull(RequestError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(RequestError):
+    status = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(RequestError):
+    status = "UNAVAILABLE"
+
+
+class Cancelled(RequestError):
+    status = "CANCELLED"
+
+
+class NodeError(RequestError):
+    """A node raised while computing; the message names the node and the request."""
+
+    status = "INTERNAL"
+

@@ -1,0 +1,126 @@
+"""The Plan: what the compiler makes of a pipeline file and the executor runs. Plain data.
+
+`pipectl plan` prints `Plan.to_dict()`; tests compare plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nodes.base import NodeParams, Ports, TensorSpec
+
+PIPELINE_INPUT = "$inputs"  # Source.node of a pipeline input
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an input comes from: `node.port`, or a pipeline input when node is `$inputs`."""
+
+    node: str
+    port: str
+
+    @property
+    def is_pipeline_input(self) -> bool:
+        return self.node == PIPELINE_INPUT
+
+    def __str__(self) -> str:
+        return f"{self.node}.{self.port}"
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Triton's dynamic batcher settings for one node."""
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    priority_levels: int = 1  # priorities are 1..priority_levels, 1 served first
+    default_priority: int = 1
+    max_queue_size: int = 0  # 0: unbounded; otherwise reject at once when full
+    timeout_ms: float = 0.0  # 0: none; otherwise a queued item older than this is rejected
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """One placed instance of a node: the device it runs on and the memory it was given."""
+
+    device: str
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """A node as it will run: its kind, params, ports, wiring, batching and instances."""
+
+    name: str
+    kind: str
+    params: NodeParams
+    ports: Ports
+    inputs: dict[str, Source]
+    batching: BatchPolicy
+    instances: tuple[InstancePlan, ...]
+    when: str | None = None
+    line: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "params": self.params.model_dump(mode="json"),
+            "inputs": {port: str(src) for port, src in self.inputs.items()},
+            "outputs": {
+                name: {"dtype": spec.dtype, "shape": list(spec.shape)}
+                for name, spec in self.ports.outputs.items()
+            },
+            "batching": {
+                "max_batch_size": self.batching.max_batch_size,
+                "max_queue_delay_ms": self.batching.max_queue_delay_ms,
+                "preferred_batch_sizes": list(self.batching.preferred_batch_sizes),
+                "priority_levels": self.batching.priority_levels,
+                "default_priority": self.batching.default_priority,
+                "max_queue_size": self.batching.max_queue_size,
+                "timeout_ms": self.batching.timeout_ms,
+            },
+            "instances": [
+                {"device": i.device, "memory_bytes": i.memory_bytes} for i in self.instances
+            ],
+            "when": self.when,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compiled pipeline. `nodes` is in topological order."""
+
+    name: str
+    file: str
+    base_dir: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, Source]
+    nodes: dict[str, NodePlan]
+    warnings: tuple[str, ...] = field(default=())
+
+    def needed_nodes(self, outputs: list[str] | None = None) -> list[str]:
+        """The nodes that must run to produce `outputs` (all pipeline outputs when None), in
+        topological order."""
+        wanted = list(self.outputs) if outputs is None else outputs
+        needed: set[str] = set()
+        stack = [self.outputs[o].node for o in wanted]
+        while stack:
+            name = stack.pop()
+            if name == PIPELINE_INPUT or name in needed:
+                continue
+            needed.add(name)
+            stack.extend(src.node for src in self.nodes[name].inputs.values())
+        return [n for n in self.nodes if n in needed]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "file": self.file,
+            "inputs": {
+                n: {"dtype": s.dtype, "shape": list(s.shape)} for n, s in self.inputs.items()
+            },
+            "outputs": {n: str(src) for n, src in self.outputs.items()},
+            "nodes": {n: node.to_dict() for n, node in self.nodes.items()},
+            "warnings": list(self.warnings),
+        }
