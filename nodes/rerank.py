@@ -1,0 +1,172 @@
+"""The `rerank` kind: score every (query, passage) pair of a batch and keep each request's best
+`top_n` passages.
+
+Backends: `cross_encoder` (a Hugging Face sequence-classification folder, torch or onnxruntime;
+nodes/rerank_cross.py) and `llm_judge` (the log-probability that an LLM answers "yes" to "is this
+passage relevant?", prefill only, on the nodes/llm engine; nodes/rerank_llm.py).
+
+Ports: `query` BYTES [1], `docs` BYTES [-1], optional `ids` INT64 [-1] in; `docs`, `scores` and
+`ids` out, best first, at most `top_n` long. `ids` out are the given ids of the kept passages, or
+their positions in the input `docs` when no ids were given.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
+from nodes.paths import resolve_path
+
+DEFAULT_JUDGE_PROMPT = (
+    "Query: {query}\nPassage: {passage}\nIs the passage relevant to the query? Answer yes or no."
+)
+
+
+class RerankParams(NodeParams):
+    """Reranker settings. `model`: a sequence-classification folder (cross_encoder) or the LLM's
+    GGUF file or folder (llm_judge); `batch_size` counts (query, passage) pairs per forward pass."""
+
+    backend: Literal["cross_encoder", "llm_judge"] = "cross_encoder"
+    model: str
+    top_n: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(512, ge=8, description="tokens per pair; longer passages are cut")
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    label: int | None = Field(None, description="cross_encoder: the relevant class (default last)")
+    cache_dir: str | None = Field(None, description="onnxruntime: exports (~/.cache/pipectl/onnx)")
+    prompt: str = Field(DEFAULT_JUDGE_PROMPT, description="llm_judge: the question, {query} first")
+    chat: bool = Field(True, description="llm_judge: wrap the prompt in the model's chat template")
+    kv_cache_mb: int = Field(256, ge=16, description="llm_judge: KV cache budget")
+
+    @model_validator(mode="after")
+    def _check(self) -> RerankParams:
+        if self.runtime == "onnxruntime" and self.dtype != "fp32":
+            raise ValueError("runtime onnxruntime runs fp32 only; use dtype: fp32")
+        if self.backend == "llm_judge" and self.runtime != "torch":
+            raise ValueError("runtime onnxruntime is for the cross_encoder backend only")
+        if self.backend == "llm_judge":
+            q, p = self.prompt.find("{query}"), self.prompt.find("{passage}")
+            if q < 0 or p < 0:
+                raise ValueError("prompt must contain {query} and {passage}")
+            if p < q:
+                # the query must come first so the engine's prefix cache shares it
+                raise ValueError("prompt must put {query} before {passage}")
+        return self
+
+
+class RerankNode(Node):
+    """Keeps the `top_n` most relevant passages of each request, scored by a cross-encoder or an
+    LLM judge over all pairs of the whole batch."""
+
+    kind = "rerank"
+    Params = RerankParams
+    max_batch_size = 256
+
+    @classmethod
+    def ports(cls, params: RerankParams) -> Ports:
+        return Ports(
+            inputs={
+                "query": TensorSpec("BYTES", (1,), doc="the question"),
+                "docs": TensorSpec("BYTES", (-1,), doc="candidate passages"),
+                "ids": TensorSpec("INT64", (-1,), optional=True, doc="ids of the passages"),
+            },
+            outputs={
+                "docs": TensorSpec("BYTES", (-1,), doc=f"at most {params.top_n}, best first"),
+                "scores": TensorSpec("FP32", (-1,), doc="relevance, higher is better"),
+                "ids": TensorSpec("INT64", (-1,), doc="given ids, else positions in docs"),
+            },
+        )
+
+    @classmethod
+    def memory_bytes(cls, params: RerankParams) -> int:
+        try:
+            path = resolve_path(params.model)
+        except FileNotFoundError:
+            return 0
+        files = (
+            [path]
+            if path.is_file()
+            else list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+        )
+        weights = sum(f.stat().st_size for f in files if f.exists())
+        if params.backend == "llm_judge":
+            # GGUF Q4 dequantizes to ~8x its size in fp32 (4x in bf16), plus the KV cache
+            scale = 4 if params.dtype == "bf16" else 8
+            return weights * scale + params.kv_cache_mb * 2**20
+        return weights // 2 if params.dtype == "bf16" else weights
+
+    def load(self, device: str) -> None:
+        self.device = device
+        p: RerankParams = self.params  # type: ignore[assignment]
+        path = resolve_path(p.model, self.base_dir)
+        if p.backend == "cross_encoder":
+            from nodes.rerank_cross import CrossEncoderScorer
+
+            self.scorer = CrossEncoderScorer(
+                path,
+                device=device,
+                dtype=p.dtype,
+                runtime=p.runtime,
+                batch_size=p.batch_size,
+                max_length=p.max_length,
+                label=p.label,
+                cache_dir=resolve_path(p.cache_dir, self.base_dir) if p.cache_dir else None,
+            )
+        else:
+            from nodes.rerank_llm import LLMJudgeScorer
+
+            self.scorer = LLMJudgeScorer(
+                path,
+                device=device,
+                dtype=p.dtype,
+                prompt=p.prompt,
+                chat=p.chat,
+                batch_size=p.batch_size,
+                max_length=p.max_length,
+                kv_cache_mb=p.kv_cache_mb,
+            )
+
+    def run_batch(self, items: list[Item]) -> list[Item]:
+        queries: list[str] = []
+        passages: list[str] = []
+        spans: list[tuple[int, int]] = []
+        for item in items:
+            query = _text(item["query"].reshape(-1)[0]) if item["query"].size else ""
+            docs = [_text(d) for d in item["docs"].reshape(-1)]
+            spans.append((len(passages), len(passages) + len(docs)))
+            queries.extend([query] * len(docs))
+            passages.extend(docs)
+        scores = self.scorer.score(queries, passages) if passages else np.zeros(0, np.float32)
+        return [self._top(item, scores[a:b]) for item, (a, b) in zip(items, spans, strict=True)]
+
+    def _top(self, item: Item, scores: np.ndarray) -> Item:
+        top_n: int = self.params.top_n  # type: ignore[attr-defined]
+        docs = item["docs"].reshape(-1)
+        given = item.get("ids")
+        if given is not None and given.size != docs.size:
+            raise ValueError(f"rerank: {given.size} ids for {docs.size} docs; give one id per doc")
+        keep = np.argsort(-scores, kind="stable")[:top_n]
+        ids = given.reshape(-1)[keep] if given is not None else keep
+        out_docs = np.empty(len(keep), dtype=object)
+        out_docs[:] = [docs[i] for i in keep]
+        return {
+            "docs": out_docs,
+            "scores": scores[keep].astype(np.float32),
+            "ids": np.asarray(ids, dtype=np.int64),
+        }
+
+    def close(self) -> None:
+        scorer = getattr(self, "scorer", None)
+        if scorer is not None and hasattr(scorer, "close"):
+            scorer.close()
+        self.scorer = None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)

@@ -1,0 +1,194 @@
+"""The `rerank` kind: cross-encoder scores against transformers on a tiny random model made here,
+top_n and ids handling over a batch of requests, and the LLM judge on SmolLM2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from nodes.dtypes import as_bytes_array
+from nodes.registry import get_kind
+from nodes.rerank import RerankNode, RerankParams
+
+QUERIES = ["how do i read a file", "sort a list of keys", "cats and dogs"]
+PASSAGES = [
+    ["read the lines of a file", "cats and dogs", "open a file to write bytes", "sorted keys"],
+    ["a list is sorted by key", "how to close a file", "values of a dict"],
+    ["dogs", "the cat is in the dict", "a string of bytes", "how do i open", "number", "read"],
+]
+# the tiny tokenizer's vocabulary: every word of the texts above, plus a few unseen in them
+TEXTS = QUERIES + [p for passages in PASSAGES for p in passages]
+WORDS = sorted({w for text in TEXTS for w in text.split()} | {"python", "sort", "write"})
+
+
+def _tiny_cross_encoder(folder, num_labels: int = 1) -> None:
+    """A random 2-layer BertForSequenceClassification with a WordPiece tokenizer over WORDS."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS + ["##s", "##ing", "##ed"])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    ).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        initializer_range=0.5,  # wide weights: scores that differ clearly between passages
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-ce")
+    _tiny_cross_encoder(folder)
+    return folder
+
+
+def _reference_scores(folder, query: str, passages: list[str], label=None, dtype="float32"):
+    """Scores computed directly with transformers, one pair at a time (no padding)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), dtype=getattr(torch, dtype)
+    ).eval()
+    out = []
+    with torch.inference_mode():
+        for passage in passages:
+            logits = model(**tokenizer(query, passage, return_tensors="pt")).logits[0]
+            if logits.numel() == 1:
+                out.append(float(logits[0]))
+            else:
+                out.append(float(torch.log_softmax(logits, -1)[-1 if label is None else label]))
+    return np.array(out, dtype=np.float32)
+
+
+def _item(query: str, docs: list[str], ids: list[int] | None = None):
+    item = {"query": as_bytes_array([query]), "docs": as_bytes_array(docs)}
+    if ids is not None:
+        item["ids"] = np.array(ids, dtype=np.int64)
+    return item
+
+
+def _node(folder, **params) -> RerankNode:
+    node = RerankNode(RerankParams(model=str(folder), **params))
+    node.load("cpu")
+    return node
+
+
+def test_registry_names_the_kind():
+    assert get_kind("rerank") is RerankNode
+    ports = RerankNode.ports(RerankParams(model="x", top_n=3))
+    assert ports.inputs["ids"].optional and not ports.inputs["docs"].optional
+    assert set(ports.outputs) == {"docs", "scores", "ids"}
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_cross_encoder_matches_transformers_over_a_batch(tiny_model, tmp_path, runtime):
+    node = _node(tiny_model, top_n=10, batch_size=4, runtime=runtime, cache_dir=str(tmp_path))
+    outs = node.run_batch([_item(q, p) for q, p in zip(QUERIES, PASSAGES, strict=True)])
+    for query, passages, out in zip(QUERIES, PASSAGES, outs, strict=True):
+        expected = _reference_scores(tiny_model, query, passages)
+        order = np.argsort(-expected, kind="stable")
+        assert out["ids"].tolist() == order.tolist()
+        np.testing.assert_allclose(out["scores"], expected[order], atol=1e-4)
+        assert [d.decode() for d in out["docs"]] == [passages[i] for i in order]
+        assert out["scores"].dtype == np.float32 and out["ids"].dtype == np.int64
+
+
+def test_onnx_export_is_cached(tiny_model, tmp_path):
+    _node(tiny_model, runtime="onnxruntime", cache_dir=str(tmp_path))
+    files = list(tmp_path.glob("*.onnx"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    _node(tiny_model, runtime="onnxruntime", cache_dir=str(tmp_path))
+    assert [f.stat().st_mtime_ns for f in tmp_path.glob("*.onnx")] == [stamp]
+
+
+def test_top_n_keeps_the_best_and_maps_given_ids(tiny_model):
+    node = _node(tiny_model, top_n=2, batch_size=3)
+    ids = [[101, 102, 103, 104], [201, 202, 203], [301, 302, 303, 304, 305, 306]]
+    items = [_item(q, p, i) for q, p, i in zip(QUERIES, PASSAGES, ids, strict=True)]
+    outs = node.run_batch(items)
+    for query, passages, given, out in zip(QUERIES, PASSAGES, ids, outs, strict=True):
+        expected = _reference_scores(tiny_model, query, passages)
+        best = np.argsort(-expected, kind="stable")[:2]
+        assert out["ids"].tolist() == [given[i] for i in best]
+        assert len(out["docs"]) == len(out["scores"]) == 2
+        assert out["scores"][0] >= out["scores"][1]
+
+
+def test_fewer_docs_than_top_n_and_empty_docs(tiny_model):
+    node = _node(tiny_model, top_n=4)
+    short, empty = node.run_batch([_item("read a file", ["read", "cats"]), _item("dogs", [])])
+    assert len(short["docs"]) == 2 and sorted(short["ids"].tolist()) == [0, 1]
+    assert empty["docs"].shape == (0,) and empty["scores"].shape == (0,)
+
+
+def test_ids_must_match_docs(tiny_model):
+    node = _node(tiny_model)
+    with pytest.raises(ValueError, match="2 ids for 3 docs"):
+        node.run_batch([_item("read", ["a", "b", "c"], [1, 2])])
+
+
+def test_two_label_model_scores_the_relevant_class(tmp_path):
+    _tiny_cross_encoder(tmp_path, num_labels=2)
+    node = _node(tmp_path, top_n=10)
+    (out,) = node.run_batch([_item(QUERIES[0], PASSAGES[0])])
+    expected = _reference_scores(tmp_path, QUERIES[0], PASSAGES[0])
+    assert (expected <= 0).all()  # log-probabilities
+    np.testing.assert_allclose(out["scores"], expected[out["ids"]], atol=1e-4)
+    (first,) = _node(tmp_path, top_n=10, label=0).run_batch([_item(QUERIES[0], PASSAGES[0])])
+    np.testing.assert_allclose(
+        first["scores"],
+        _reference_scores(tmp_path, QUERIES[0], PASSAGES[0], 0)[first["ids"]],
+        atol=1e-4,
+    )
+
+
+def test_bf16_matches_transformers_in_bf16(tiny_model):
+    (out,) = _node(tiny_model, top_n=10, dtype="bf16").run_batch([_item(QUERIES[2], PASSAGES[2])])
+    expected = _reference_scores(tiny_model, QUERIES[2], PASSAGES[2], dtype="bfloat16")
+    np.testing.assert_allclose(out["scores"], expected[out["ids"]], rtol=1e-2)
+
+
+def test_params_are_checked():
+    with pytest.raises(ValidationError, match="before"):
+        RerankParams(model="m", backend="llm_judge", prompt="{passage} then {query}")
+    with pytest.raises(ValidationError, match="fp32"):
+        RerankParams(model="m", runtime="onnxruntime", dtype="bf16")
+    with pytest.raises(ValidationError):
+        RerankParams(model="m", top_n=0)
+    with pytest.raises(ValidationError):
+        RerankParams(model="m", unknown=1)
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    node = RerankNode(RerankParams(model=str(tmp_path / "nope")))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        node.load("cpu")
