@@ -1,0 +1,120 @@
+"""The compiler: a checked spec becomes a Plan with order, merged defaults, routing and placement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.compiler import compile_file, compile_spec
+from engine.errors import GraphError, PlacementError, SpecError
+from engine.placement import GIB, Device
+from engine.plan import BatchPolicy, InstancePlan, Source
+from engine.spec import parse_spec
+
+DATA = Path(__file__).parent.parent / "data"
+CPU = Device("cpu", "cpu", 32 * GIB)
+TWO_GPUS = [CPU, Device("cuda:0", "cuda", 8 * GIB, 0), Device("cuda:1", "cuda", 8 * GIB, 1)]
+
+
+def test_compile_the_search_pipeline():
+    plan = compile_file(DATA / "pipelines" / "search.yaml", devices=[CPU])
+    assert plan.name == "search"
+    assert list(plan.nodes) == ["encode", "search", "format"]
+    assert plan.outputs == {"ids": Source("search", "ids"), "answer": Source("format", "text")}
+    assert plan.inputs["query"].dtype == "BYTES" and plan.inputs["query"].shape == (1,)
+    encode = plan.nodes["encode"]
+    assert encode.params.dim == 16
+    assert encode.inputs == {"text": Source("$inputs", "query")}
+    assert encode.ports.outputs["vector"].shape == (16,)
+    assert encode.batching == BatchPolicy(max_batch_size=8, max_queue_delay_ms=2)
+    assert encode.instances == (InstancePlan("cpu", 100 << 20),)
+    assert encode.line == 14
+    fmt = plan.nodes["format"]
+    assert fmt.when == 'count > 0 and text != "skip"'
+    assert fmt.inputs["count"] == Source("search", "count")
+    assert plan.warnings == ()
+    assert plan.needed_nodes(["ids"]) == ["encode", "search"]
+    as_dict = plan.to_dict()
+    assert as_dict["nodes"]["search"]["params"]["k"] == 3
+    assert as_dict["nodes"]["format"]["instances"] == [{"device": "cpu", "memory_bytes": 0}]
+
+
+PIPELINE = """\
+apiVersion: pipectl/v1
+name: order
+inputs:
+  query: {dtype: BYTES, shape: [1]}
+outputs: {out: last.text}
+defaults:
+  batching: {max_batch_size: 32, max_queue_delay_ms: 5, priority_levels: 2}
+  placement: {device: auto, instances: 2}
+nodes:
+  last:
+    kind: t_text
+    inputs: {text: middle.text}
+    batching: {max_queue_delay_ms: 0.5, timeout_ms: 100}
+  middle:
+    kind: t_text
+    params: {memory_mb: 3072}
+    inputs: {text: first.text}
+    placement: {device: "cuda:1", instances: 1}
+  first:
+    kind: t_embed_free
+    inputs: {text: $inputs.query}
+"""
+
+
+def test_topological_order_defaults_and_placement():
+    spec = parse_spec(PIPELINE.replace("t_embed_free", "t_text"), "p.yaml")
+    plan = compile_spec(spec, devices=TWO_GPUS)
+    assert list(plan.nodes) == ["first", "middle", "last"]
+    last = plan.nodes["last"]
+    assert last.batching == BatchPolicy(
+        max_batch_size=32, max_queue_delay_ms=0.5, priority_levels=2, timeout_ms=100
+    )
+    assert [i.device for i in last.instances] == ["cuda:0", "cuda:0"]  # cuda:1 holds more
+    assert plan.nodes["middle"].instances == (InstancePlan("cuda:1", 3 * GIB),)
+    assert [i.device for i in plan.nodes["first"].instances] == ["cuda:0", "cuda:0"]
+
+
+def test_graph_errors_are_all_raised_together():
+    spec = parse_spec(PIPELINE.replace("middle.text", "midle.text"), "p.yaml")
+    with pytest.raises(GraphError) as info:
+        compile_spec(spec, devices=[CPU])
+    assert [(i.code, i.line) for i in info.value.issues if i.severity == "error"] == [
+        ("E-GRAPH-UNKNOWN-NODE", 12),
+        ("E-KIND-UNKNOWN", 20),
+    ]
+    assert "p.yaml:12: E-GRAPH-UNKNOWN-NODE" in str(info.value)
+
+
+def test_placement_errors_cite_the_node():
+    spec = parse_spec(PIPELINE.replace("t_embed_free", "t_text"), "p.yaml")
+    with pytest.raises(PlacementError, match=r"p.yaml:14: node 'middle' asks for cuda:1"):
+        compile_spec(spec, devices=[CPU])
+    small = [CPU, Device("cuda:0", "cuda", GIB, 0), Device("cuda:1", "cuda", 2 * GIB, 1)]
+    with pytest.raises(PlacementError, match=r"needs 3.00 GiB .*cuda:1 2.00 GiB free of 2.00 GiB"):
+        compile_spec(spec, devices=small)
+
+
+def test_spec_errors_pass_through(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("apiVersion: pipectl/v1\nname: x\n", encoding="utf-8")
+    with pytest.raises(SpecError):
+        compile_file(path, devices=[CPU])
+
+
+def test_warnings_travel_in_the_plan():
+    spec = parse_spec(
+        PIPELINE.replace("t_embed_free", "t_text") + "  spare:\n    kind: t_text\n"
+        "    inputs: {text: $inputs.query}\n",
+        "p.yaml",
+    )
+    plan = compile_spec(spec, devices=TWO_GPUS)
+    assert plan.warnings == (
+        (
+            "p.yaml:22: W-UNUSED-OUTPUT no node and no pipeline output reads node 'spare' "
+            "(outputs: text, length) (wire one of its outputs, or remove the node)"
+        ),
+    )
