@@ -1,0 +1,324 @@
+"""One batcher per node: Triton's dynamic batcher in front of that node's instance workers.
+
+Items wait in one queue per priority level (1 served first). A worker takes a batch when it holds
+`max_batch_size` items, when a preferred batch size can be formed, or when the oldest item has
+waited `max_queue_delay_ms` (all in `_wait_for_batch`). Items of cancelled requests are dropped and
+expired ones rejected before compute. A batch that raises is split in halves and retried so that
+only the failing item fails. Results go back through `on_done`, called once per batch in the
+worker thread (the executor turns that into one event-loop handoff per batch).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import DeadlineExceeded, NodeError, QueueFull, RequestError, Unavailable
+from engine.plan import BatchPolicy, NodePlan
+from nodes.base import Item, Node
+from nodes.registry import get_kind
+
+
+class Ticket:
+    """The cancellation flag shared by every item of one request."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
+@dataclass(slots=True, eq=False)
+class WorkItem:
+    """One request's inputs for one node. Times are `time.monotonic_ns()`; deadline 0 = none."""
+
+    inputs: Item
+    request_id: str
+    ticket: Ticket
+    priority: int = 0  # 0: the policy's default
+    deadline_ns: int = 0
+    enqueued_ns: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Done:
+    """What became of one item: outputs or an error, with its queue and compute times."""
+
+    item: WorkItem
+    outputs: Item | None
+    error: RequestError | None
+    queue_ns: int
+    compute_ns: int
+    batch_size: int
+
+
+OnDone = Callable[[list[Done]], None]
+
+
+class Batcher:
+    """The queue and instance workers of one node. `start` loads every instance (each in its own
+    thread); `put` enqueues; `stop` drains or rejects what is queued."""
+
+    def __init__(self, node: NodePlan, base_dir: str | Path | None, on_done: OnDone):
+        self.name = node.name
+        self.node_plan = node
+        self.policy: BatchPolicy = node.batching
+        self._base_dir = base_dir
+        self._on_done = on_done
+        self._levels = max(1, self.policy.priority_levels)
+        self._queues: list[deque[WorkItem]] = [deque() for _ in range(self._levels)]
+        self._size = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._loaded = threading.Semaphore(0)
+        self._load_errors: list[BaseException] = []
+        self._stats_lock = threading.Lock()
+        self._stats = {
+            "success": 0,
+            "failure": 0,
+            "cancelled": 0,
+            "expired": 0,
+            "rejected": 0,
+            "batches": 0,
+            "queue_ns": 0,
+            "compute_ns": 0,
+        }
+        self._histogram: dict[int, int] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self, on_loaded: Callable[[], None] | None = None) -> None:
+        """Start one worker per placed instance; each constructs and loads its own node."""
+        kind = get_kind(self.node_plan.kind)
+        for index, instance in enumerate(self.node_plan.instances):
+            thread = threading.Thread(
+                target=self._worker,
+                args=(kind, instance.device, on_loaded),
+                name=f"pipectl-{self.name}-{index}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def wait_loaded(self) -> None:
+        """Block until every worker has loaded its node; raise Unavailable if one failed."""
+        for _ in self._threads:
+            self._loaded.acquire()
+        if self._load_errors:
+            exc = self._load_errors[0]
+            raise Unavailable(
+                f"node {self.name!r} ({self.node_plan.kind}) failed to load: "
+                f"{type(exc).__name__}: {exc}",
+                node=self.name,
+            ) from exc
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop the workers: finish what is queued (drain) or reject it as Unavailable."""
+        dropped: list[WorkItem] = []
+        with self._cond:
+            self._stopping = True
+            if not drain:
+                for queue in self._queues:
+                    dropped.extend(queue)
+                    queue.clear()
+                self._size = 0
+            self._cond.notify_all()
+        if dropped:
+            error = f"node {self.name!r} is stopping"
+            self._on_done([self._failed(it, Unavailable(error, node=self.name)) for it in dropped])
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    # ---- queueing --------------------------------------------------------------------------
+    def put(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Enqueue items; returns the ones rejected because `max_queue_size` is reached (the
+        caller fails them with `QueueFull`). Raises Unavailable once stopping."""
+        now = time.monotonic_ns()
+        limit = self.policy.max_queue_size
+        default = self.policy.default_priority
+        rejected: list[WorkItem] = []
+        with self._cond:
+            if self._stopping:
+                raise Unavailable(f"node {self.name!r} is stopping", node=self.name)
+            for item in items:
+                if limit and self._size >= limit:
+                    rejected.append(item)
+                    continue
+                item.enqueued_ns = now
+                level = min(max(item.priority or default, 1), self._levels)
+                self._queues[level - 1].append(item)
+                self._size += 1
+            self._cond.notify()
+        if rejected:
+            with self._stats_lock:
+                self._stats["rejected"] += len(rejected)
+        return rejected
+
+    def queue_full_error(self, item: WorkItem) -> QueueFull:
+        return QueueFull(
+            f"node {self.name!r} queue is full (max_queue_size={self.policy.max_queue_size}); "
+            f"request {item.request_id!r} rejected",
+            node=self.name,
+            request_id=item.request_id,
+        )
+
+    def queued(self) -> int:
+        return self._size
+
+    def _wait_for_batch(self) -> list[WorkItem] | None:
+        """Block until a batch is due and take it (None: stopped and empty). The only place
+        that decides timing: full batch now; a preferred size now; otherwise wait until the
+        oldest item has waited max_queue_delay_ms, then take what there is."""
+        max_size = self.policy.max_batch_size
+        delay_ns = int(self.policy.max_queue_delay_ms * 1e6)
+        preferred = sorted(self.policy.preferred_batch_sizes, reverse=True)
+        with self._cond:
+            while True:
+                if self._size == 0:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                    continue
+                take = min(self._size, max_size)
+                if take < max_size and delay_ns > 0 and not self._stopping:
+                    reachable = next((p for p in preferred if p <= take), 0)
+                    if reachable:
+                        take = reachable
+                    else:
+                        waited = time.monotonic_ns() - self._oldest_enqueued_ns()
+                        if waited < delay_ns:
+                            self._cond.wait((delay_ns - waited) / 1e9)
+                            continue
+                batch = self._take(take)
+                if self._size:
+                    self._cond.notify()  # another idle instance may take the rest
+                return batch
+
+    def _oldest_enqueued_ns(self) -> int:
+        return min(q[0].enqueued_ns for q in self._queues if q)
+
+    def _take(self, count: int) -> list[WorkItem]:
+        batch: list[WorkItem] = []
+        for queue in self._queues:
+            while queue and len(batch) < count:
+                batch.append(queue.popleft())
+            if len(batch) == count:
+                break
+        self._size -= len(batch)
+        return batch
+
+    # ---- workers ---------------------------------------------------------------------------
+    def _worker(self, kind: type[Node], device: str, on_loaded) -> None:
+        try:
+            node = kind(self.node_plan.params, self._base_dir)
+            node.load(device)
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_loaded()
+            self._load_errors.append(exc)
+            self._loaded.release()
+            return
+        if on_loaded is not None:
+            on_loaded()
+        self._loaded.release()
+        try:
+            while (batch := self._wait_for_batch()) is not None:
+                done = self._run(node, batch)
+                if done:
+                    self._on_done(done)
+        finally:
+            node.close()
+
+    def _run(self, node: Node, batch: list[WorkItem]) -> list[Done]:
+        """Drop cancelled items, reject expired ones, compute the rest with failure isolation."""
+        now = time.monotonic_ns()
+        timeout_ns = int(self.policy.timeout_ms * 1e6)
+        live: list[WorkItem] = []
+        done: list[Done] = []
+        cancelled = 0
+        for item in batch:
+            if item.ticket.cancelled:
+                cancelled += 1
+            elif item.deadline_ns and now >= item.deadline_ns:
+                error = f"request {item.request_id!r} passed its deadline before node {self.name!r}"
+                done.append(self._failed(item, DeadlineExceeded(error, node=self.name)))
+            elif timeout_ns and now - item.enqueued_ns >= timeout_ns:
+                waited_ms = (now - item.enqueued_ns) / 1e6
+                error = (
+                    f"request {item.request_id!r} waited {waited_ms:.1f} ms in the queue of node "
+                    f"{self.name!r} (timeout_ms={self.policy.timeout_ms:g})"
+                )
+                done.append(self._failed(item, DeadlineExceeded(error, node=self.name)))
+            else:
+                live.append(item)
+        compute_ns = 0
+        if live:
+            start = time.monotonic_ns()
+            done.extend(self._compute(node, live, start))
+            compute_ns = time.monotonic_ns() - start
+        self._record(done, cancelled, len(live), compute_ns)
+        return done
+
+    def _compute(self, node: Node, items: list[WorkItem], dispatched_ns: int) -> list[Done]:
+        start = time.monotonic_ns()
+        try:
+            outputs = node.run_batch([item.inputs for item in items])
+            if len(outputs) != len(items):
+                raise ValueError(
+                    f"run_batch returned {len(outputs)} results for {len(items)} items"
+                )
+        except Exception as exc:  # noqa: BLE001 - a node failure fails only its item
+            if len(items) > 1:  # bisect so that only the failing item fails
+                half = len(items) // 2
+                return self._compute(node, items[:half], dispatched_ns) + self._compute(
+                    node, items[half:], dispatched_ns
+                )
+            item = items[0]
+            error = NodeError(
+                f"node {self.name!r} failed on request {item.request_id!r}: "
+                f"{type(exc).__name__}: {exc}",
+                node=self.name,
+                request_id=item.request_id,
+            )
+            error.__cause__ = exc
+            return [self._failed(item, error, dispatched_ns - item.enqueued_ns)]
+        compute_ns = time.monotonic_ns() - start
+        size = len(items)
+        return [
+            Done(item, out, None, dispatched_ns - item.enqueued_ns, compute_ns, size)
+            for item, out in zip(items, outputs, strict=True)
+        ]
+
+    def _failed(self, item: WorkItem, error: RequestError, queue_ns: int = 0) -> Done:
+        if not error.request_id:
+            error.request_id = item.request_id
+        return Done(item, None, error, queue_ns, 0, 0)
+
+    def _record(self, done: list[Done], cancelled: int, computed: int, compute_ns: int) -> None:
+        with self._stats_lock:
+            stats = self._stats
+            stats["cancelled"] += cancelled
+            for d in done:
+                if d.error is None:
+                    stats["success"] += 1
+                elif isinstance(d.error, DeadlineExceeded):
+                    stats["expired"] += 1
+                else:
+                    stats["failure"] += 1
+                stats["queue_ns"] += d.queue_ns
+            if computed:
+                stats["batches"] += 1
+                stats["compute_ns"] += compute_ns
+                self._histogram[computed] = self._histogram.get(computed, 0) + 1
+
+    def statistics(self) -> dict:
+        """Counts, queue and compute nanosecond totals, and the batch size histogram."""
+        with self._stats_lock:
+            stats = dict(self._stats)
+            stats["batch_sizes"] = dict(sorted(self._histogram.items()))
+        stats["queued"] = self._size
+        stats["instances"] = len(self._threads)
+        return stats
