@@ -1,0 +1,82 @@
+"""`pipectl plan FILE`: compile a pipeline and print its Plan: order, routing, batching, placement."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.compiler import compile_file
+from engine.errors import GraphError, PlacementError, SpecError
+from engine.plan import Plan
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="compile a pipeline and print its plan",
+        description="Compile a pipeline against this machine's devices and print, per node in "
+        "run order: kind, inputs, batching, instances and their devices, condition.",
+    )
+    parser.add_argument("file", metavar="FILE")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = compile_file(args.file)
+    except (SpecError, GraphError) as exc:
+        for issue in exc.issues:
+            print(issue.format(), file=sys.stderr)
+        return 1
+    except PlacementError as exc:
+        print(f"placement: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        sys.stdout.write(format_plan(plan))
+    return 0
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a readable table."""
+    lines = [f"pipeline {plan.name} ({plan.file})"]
+    inputs = ", ".join(f"{n} {s.dtype} {list(s.shape)}" for n, s in plan.inputs.items())
+    lines.append(f"inputs:  {inputs or '-'}")
+    lines.append("outputs: " + ", ".join(f"{n} <- {src}" for n, src in plan.outputs.items()))
+    rows = [("node", "kind", "inputs", "batch", "delay ms", "instances", "memory", "when")]
+    for name, node in plan.nodes.items():
+        devices: dict[str, int] = {}
+        for inst in node.instances:
+            devices[inst.device] = devices.get(inst.device, 0) + 1
+        memory = sum(i.memory_bytes for i in node.instances)
+        rows.append(
+            (
+                name,
+                node.kind,
+                ", ".join(f"{p}<-{src}" for p, src in node.inputs.items()) or "-",
+                str(node.batching.max_batch_size),
+                f"{node.batching.max_queue_delay_ms:g}",
+                ", ".join(f"{d} x{n}" for d, n in devices.items()),
+                _size(memory),
+                node.when or "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines.append("")
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for warning in plan.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines) + "\n"
+
+
+def _size(n: int) -> str:
+    if n == 0:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

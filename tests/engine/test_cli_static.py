@@ -1,0 +1,157 @@
+"""The static commands: validate, schema, graph, plan — through engine.cli.main and a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.cli import main
+
+ROOT = Path(__file__).parent.parent.parent
+GOOD = Path(__file__).parent.parent / "data" / "pipelines" / "search.yaml"
+
+BAD = """\
+apiVersion: pipectl/v1
+name: bad
+inputs:
+  query: {dtype: BYTES, shape: [1]}
+outputs: {out: fmt.text}
+nodes:
+  fmt:
+    kind: t_text
+    inputs: {text: $inputs.qery}
+  spare:
+    kind: t_text
+    params: {repeat: 99}
+    inputs: {text: $inputs.query}
+"""
+
+
+def test_validate_good_file(capsys):
+    assert main(["validate", str(GOOD)]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"{GOOD}: ok, 0 warning(s)" in err
+
+
+def test_validate_prints_every_problem_of_every_file(capsys, write_pipeline):
+    bad = write_pipeline(BAD)
+    worse = write_pipeline("apiVersion: pipectl/v1\nname: x\nname: y\n", "worse.yaml")
+    assert main(["validate", str(GOOD), str(bad), str(worse)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        (
+            f"{bad}:9: E-GRAPH-UNKNOWN-PIPELINE-INPUT $inputs.qery: the pipeline has no input 'qery' "
+            "(did you mean 'query'? pipeline inputs: query)"
+        ),
+        f"{bad}:12: E-PARAMS-VALUE repeat: Input should be less than or equal to 8 (got 99)",
+        (
+            f"{worse}:3: E-SPEC-DUPLICATE-KEY duplicate key 'name' (first on line 2) "
+            "(each key may appear once per mapping; remove or rename one)"
+        ),
+    ]
+
+
+def test_validate_json_and_strict(capsys, write_pipeline):
+    text = BAD.replace("$inputs.qery", "$inputs.query").replace("repeat: 99", "repeat: 2")
+    path = write_pipeline(text)
+    assert main(["validate", "-o", "json", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] is True
+    (issue,) = report["files"][0]["issues"]
+    assert issue["code"] == "W-UNUSED-OUTPUT"
+    assert (issue["line"], issue["severity"], issue["path"]) == (10, "warning", "nodes.spare")
+    assert main(["validate", "--strict", str(path)]) == 1
+
+
+def test_schema_command(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "pipectl pipeline file"
+    assert set(schema["required"]) >= {"apiVersion", "name", "outputs"}
+
+
+def test_graph_command_formats(capsys):
+    assert main(["graph", str(GOOD)]) == 0
+    text = capsys.readouterr().out
+    assert 'format (t_text)   when count > 0 and text != "skip"' in text
+    assert main(["graph", str(GOOD), "--format", "mermaid"]) == 0
+    mermaid = capsys.readouterr().out
+    assert mermaid.startswith("flowchart LR")
+    assert 'n1 -->|"count"| n2' in mermaid and "class n2 conditional" in mermaid
+    assert main(["graph", str(GOOD), "--format", "dot"]) == 0
+    dot = capsys.readouterr().out
+    assert (
+        '"format" [label="format\\nt_text\\nwhen count > 0 and text != \\"skip\\"", style=dashed]'
+        in dot
+    )
+    assert '"search" -> "format" [label="count"];' in dot
+
+
+def test_graph_of_a_broken_pipeline_still_draws(capsys, write_pipeline):
+    assert main(["graph", str(write_pipeline(BAD))]) == 1
+    out, err = capsys.readouterr()
+    assert "spare (t_text)" in out
+    assert "E-GRAPH-UNKNOWN-PIPELINE-INPUT" in err
+
+
+def test_plan_command(capsys, write_pipeline):
+    assert main(["plan", str(GOOD)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"pipeline search ({GOOD})"
+    header = lines[4].split()
+    assert header == [
+        "node",
+        "kind",
+        "inputs",
+        "batch",
+        "delay",
+        "ms",
+        "instances",
+        "memory",
+        "when",
+    ]
+    assert lines[5].split()[:5] == ["encode", "t_embed", "text<-$inputs.query", "8", "2"]
+    assert "100.0 MiB" in lines[5]
+    assert main(["plan", "-o", "json", str(GOOD)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert list(plan["nodes"]) == ["encode", "search", "format"]
+    assert plan["nodes"]["format"]["when"] == 'count > 0 and text != "skip"'
+    assert main(["plan", str(write_pipeline(BAD))]) == 1
+    assert "E-PARAMS-VALUE" in capsys.readouterr().err
+
+
+def test_validate_in_a_fresh_process_does_not_import_torch(write_pipeline):
+    bad = write_pipeline(BAD)
+    code = (
+        "import runpy, sys\n"
+        "runpy.run_path('tests/engine/static_kinds.py')\n"
+        "from engine.cli import main\n"
+        f"rc = main(['validate', {str(GOOD)!r}, {str(bad)!r}])\n"
+        "heavy = sorted(m for m in ('torch', 'faiss', 'onnxruntime', 'transformers', 'grpc')"
+        " if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "heavy: []" in proc.stdout
+    assert f"{bad}:9: E-GRAPH-UNKNOWN-PIPELINE-INPUT" in proc.stdout
+    schema = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "schema"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert schema.returncode == 0 and '"apiVersion"' in schema.stdout
