@@ -1,0 +1,277 @@
+"""One request flowing through the pipeline, driven on its caller's event loop.
+
+It holds the tensors produced so far, launches a node when all its inputs are resolved (present
+or absent), skips nodes whose condition is false or whose required input is absent, releases
+tensors after their last consumer, and ends with a Result, a final StreamEvent, or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.batcher import Batcher, Ticket, WorkItem
+from engine.errors import DeadlineExceeded, InvalidInput, NodeError, RequestError, Unavailable
+from engine.result import NodeTrace, Result, StreamEvent
+from engine.schedule import Schedule
+from engine.tensors import coerce_input
+
+if TYPE_CHECKING:
+    from engine.executor import Executor
+
+ABSENT: Any = object()
+
+
+class Launches:
+    """Items bound for batchers, gathered while handling one batch so that each batcher is fed
+    once (one lock, one wake-up) per handoff rather than once per item."""
+
+    __slots__ = ("by_batcher",)
+
+    def __init__(self) -> None:
+        self.by_batcher: dict[Batcher, list[WorkItem]] = {}
+
+    def add(self, batcher: Batcher, item: WorkItem) -> None:
+        items = self.by_batcher.get(batcher)
+        if items is None:
+            self.by_batcher[batcher] = [item]
+        else:
+            items.append(item)
+
+    def flush(self) -> None:
+        for batcher, items in self.by_batcher.items():
+            try:
+                rejected = batcher.put(items)
+            except Unavailable as exc:
+                rejected, error = items, exc
+                for item in rejected:
+                    item.ticket.fail(error)  # type: ignore[attr-defined]
+                continue
+            for item in rejected:
+                item.ticket.fail(batcher.queue_full_error(item))  # type: ignore[attr-defined]
+        self.by_batcher.clear()
+
+
+class RequestRun(Ticket):
+    """The state of one request; every method runs on `loop`."""
+
+    __slots__ = (
+        "active",
+        "deadline_ns",
+        "events",
+        "executor",
+        "finished",
+        "future",
+        "loop",
+        "pending",
+        "priority",
+        "refcounts",
+        "remaining",
+        "request_id",
+        "schedule",
+        "tasks",
+        "timeout_s",
+        "timer",
+        "trace",
+        "tracing",
+        "values",
+    )
+
+    def __init__(
+        self,
+        executor: Executor,
+        schedule: Schedule,
+        loop: asyncio.AbstractEventLoop,
+        request_id: str,
+        priority: int,
+        timeout_s: float | None,
+        tracing: bool,
+        streaming: bool,
+    ):
+        super().__init__()
+        self.executor = executor
+        self.schedule = schedule
+        self.loop = loop
+        self.request_id = request_id
+        self.priority = priority
+        self.timeout_s = timeout_s
+        self.deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9) if timeout_s else 0
+        self.tracing = tracing
+        self.trace: list[NodeTrace] = []
+        self.values: dict[str, np.ndarray] = {}
+        self.pending = dict(schedule.pending)
+        self.refcounts = dict(schedule.refcounts)
+        self.remaining = len(schedule.steps)
+        self.active: set[str] = set()
+        self.finished = False
+        self.future: asyncio.Future | None = None if streaming else loop.create_future()
+        self.events: asyncio.Queue | None = asyncio.Queue() if streaming else None
+        self.tasks: list[asyncio.Task] = []
+        self.timer: asyncio.TimerHandle | None = None
+        if timeout_s:
+            self.timer = loop.call_later(timeout_s, self.expire)
+
+    # ---- dataflow --------------------------------------------------------------------------
+    def begin(self, inputs: dict[str, Any]) -> None:
+        """Check the inputs against the pipeline's types and launch the first nodes."""
+        schedule = self.schedule
+        unknown = [name for name in inputs if name not in self.executor.plan.inputs]
+        if unknown:
+            known = ", ".join(self.executor.plan.inputs)
+            raise InvalidInput(f"unknown input {unknown[0]!r}; inputs: {known}")
+        ready: list[str] = list(schedule.roots)
+        for name, spec in schedule.inputs.items():
+            value = inputs.get(name)
+            if value is None:
+                if not spec.optional:
+                    known = ", ".join(schedule.inputs)
+                    raise InvalidInput(f"missing input {name!r}; this request needs: {known}")
+                self._resolve(f"$inputs.{name}", ABSENT, ready)
+            else:
+                self._resolve(f"$inputs.{name}", coerce_input(name, spec, value), ready)
+        launches = Launches()
+        self._launch(ready, launches)
+        launches.flush()
+        if self.remaining == 0:
+            self._finish()
+
+    def _resolve(self, key: str, value: Any, ready: list[str]) -> None:
+        if value is not ABSENT:
+            self.values[key] = value
+        pending = self.pending
+        for consumer in self.schedule.consumers.get(key, ()):
+            pending[consumer] -= 1
+            if pending[consumer] == 0:
+                ready.append(consumer)
+
+    def _launch(self, ready: list[str], launches: Launches) -> None:
+        steps = self.schedule.steps
+        values = self.values
+        while ready:
+            step = steps[ready.pop()]
+            item: dict[str, np.ndarray] = {}
+            missing = False
+            for port, key, spec, default in step.inputs:
+                value = values.get(key, ABSENT)
+                if value is not ABSENT:
+                    item[port] = value
+                elif not spec.optional:
+                    missing = True
+                elif default is not None:
+                    item[port] = default
+            for key in step.input_keys:
+                count = self.refcounts[key] - 1
+                self.refcounts[key] = count
+                if count == 0:
+                    values.pop(key, None)
+            if not missing and step.condition is not None:
+                try:
+                    missing = not step.condition.evaluate(item)  # type: ignore[attr-defined]
+                except Exception as exc:  # noqa: BLE001 - e.g. a comparison of bad types
+                    self.fail(
+                        NodeError(
+                            f"condition of node {step.name!r} failed on request "
+                            f"{self.request_id!r}: {exc}",
+                            node=step.name,
+                            request_id=self.request_id,
+                        )
+                    )
+                    return
+            if missing:
+                self._skip(step.name, ready)
+            elif step.streaming:
+                self.active.add(step.name)
+                self.executor.start_stream(self, step.name, item)
+            else:
+                self.active.add(step.name)
+                batcher = self.executor.batchers[step.name]
+                launches.add(
+                    batcher,
+                    WorkItem(item, self.request_id, self, self.priority, self.deadline_ns),
+                )
+
+    def _skip(self, name: str, ready: list[str]) -> None:
+        if self.tracing:
+            self.trace.append(NodeTrace(name, 0.0, 0, 0.0, skipped=True))
+        for _, key in self.schedule.steps[name].outputs:
+            self._resolve(key, ABSENT, ready)
+        self.remaining -= 1
+
+    def node_done(
+        self,
+        name: str,
+        outputs: dict[str, np.ndarray],
+        queue_ns: int,
+        batch_size: int,
+        compute_ns: int,
+        launches: Launches,
+    ) -> None:
+        """A node finished this request: store what it made and launch what that unblocks."""
+        if self.tracing:
+            self.trace.append(NodeTrace(name, queue_ns / 1e6, batch_size, compute_ns / 1e6))
+        self.active.discard(name)
+        ready: list[str] = []
+        for port, key in self.schedule.steps[name].outputs:
+            value = outputs.get(port, ABSENT)
+            self._resolve(key, value, ready)
+        self.remaining -= 1
+        self._launch(ready, launches)
+        if self.remaining == 0 and not self.finished:
+            self._finish()
+
+    # ---- endings ---------------------------------------------------------------------------
+    def _finish(self) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+        values = self.values
+        outputs = {
+            name: values[key] for name, key in self.schedule.outputs.items() if key in values
+        }
+        result = Result(self.request_id, outputs, self.trace)
+        if self.events is not None:
+            final = {}
+            for name, value in outputs.items():
+                if name in self.schedule.streamed_outputs:  # its deltas went out already
+                    value = (
+                        np.full(value.shape, b"", object) if value.dtype == object else value[:0]
+                    )
+                final[name] = value
+            self.events.put_nowait(StreamEvent(final, True, result))
+        elif not self.future.done():  # type: ignore[union-attr]
+            self.future.set_result(result)  # type: ignore[union-attr]
+
+    def fail(self, error: RequestError) -> None:
+        """End the request with `error`; nodes still holding it drop it."""
+        if self.finished:
+            return
+        if not error.request_id:
+            error.request_id = self.request_id
+        self.cancel()
+        if self.events is not None:
+            self.events.put_nowait(error)
+        elif not self.future.done():  # type: ignore[union-attr]
+            self.future.set_exception(error)  # type: ignore[union-attr]
+
+    def cancel(self) -> None:
+        """Stop the request (its caller is gone): batchers drop its items, streams are closed."""
+        self.finished = True
+        self.cancelled = True
+        self.values.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+        for task in self.tasks:
+            task.cancel()
+
+    def expire(self) -> None:
+        at = ", ".join(sorted(self.active)) or "(none)"
+        self.fail(
+            DeadlineExceeded(
+                f"request {self.request_id!r} passed its deadline of {self.timeout_s:g} s "
+                f"(still at node {at})",
+                request_id=self.request_id,
+            )
+        )
