@@ -73,8 +73,13 @@ def load_yaml(text: str, file: str = "") -> tuple[Any, LineMap]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        hint = _col(mark)
+        context = exc.context_mark
+        if context is not None and mark is not None and context.line != mark.line:
+            hint += f"; the {exc.context.split()[-1] if exc.context else 'block'} began on line "
+            hint += str(context.line + 1)
         raise SpecError(
-            [Issue("E-SPEC-YAML", f"YAML syntax error: {message}", file, line, "", _col(mark))]
+            [Issue("E-SPEC-YAML", f"YAML syntax error: {message}", file, line, "", hint)]
         ) from None
     finally:
         loader.dispose()
