@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from engine.errors import Issue, SpecError
 from engine.yaml_loader import LineMap, dotted, load_yaml
@@ -35,9 +35,16 @@ class InputSpec(_Strict):
     """A pipeline input: KServe v2 dtype and shape without the batch dimension (-1 = variable)."""
 
     dtype: DType
-    shape: list[Annotated[int, Field(ge=-1)]]
+    shape: list[int]
     optional: bool = False
     default: Any = None
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, value: list[int]) -> list[int]:
+        if any(d < -1 or d == 0 for d in value):
+            raise ValueError(f"dimensions are positive or -1 (variable), got {value}")
+        return value
 
 
 class BatchingSpec(_Strict):
@@ -176,12 +183,19 @@ def validation_issues(
         else:
             suffix = "VALUE"
             message = f"{dotted(loc) or 'value'}: {err['msg']}"
+            hint = _PATTERN_HINTS.get(err.get("ctx", {}).get("pattern", ""), "")
             if "input" in err and not isinstance(err["input"], dict | list):
                 message += f" (got {json.dumps(err['input'], default=str)})"
         issues.append(
             Issue(f"{code}-{suffix}", message, file, lines.line(path), dotted(path), hint)
         )
     return issues
+
+
+_PATTERN_HINTS = {
+    DEVICE_PATTERN: "devices are auto, cpu, cuda (any GPU) or cuda:N",
+    NAME_PATTERN: "names are letters, digits, _ and -, starting with a letter or _",
+}
 
 
 def _data_loc(loc: tuple) -> tuple:

@@ -11,6 +11,7 @@ from engine.cli import main
 
 ROOT = Path(__file__).parent.parent.parent
 GOOD = Path(__file__).parent.parent / "data" / "pipelines" / "search.yaml"
+PYTHON = GOOD.with_name("python_steps.yaml")
 
 BAD = """\
 apiVersion: pipectl/v1
@@ -129,7 +130,7 @@ def test_validate_in_a_fresh_process_does_not_import_torch(write_pipeline):
         "import runpy, sys\n"
         "runpy.run_path('tests/engine/static_kinds.py')\n"
         "from engine.cli import main\n"
-        f"rc = main(['validate', {str(GOOD)!r}, {str(bad)!r}])\n"
+        f"rc = main(['validate', {str(GOOD)!r}, {str(PYTHON)!r}, {str(bad)!r}])\n"
         "heavy = sorted(m for m in ('torch', 'faiss', 'onnxruntime', 'transformers', 'grpc')"
         " if m in sys.modules)\n"
         "print('heavy:', heavy)\n"
@@ -146,6 +147,7 @@ def test_validate_in_a_fresh_process_does_not_import_torch(write_pipeline):
     assert proc.returncode == 1, proc.stderr
     assert "heavy: []" in proc.stdout
     assert f"{bad}:9: E-GRAPH-UNKNOWN-PIPELINE-INPUT" in proc.stdout
+    assert f"{PYTHON}: ok, 0 warning(s)" in proc.stderr
     schema = subprocess.run(
         [sys.executable, "-m", "engine.cli", "schema"],
         check=False,

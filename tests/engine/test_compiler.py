@@ -40,6 +40,17 @@ def test_compile_the_search_pipeline():
     assert as_dict["nodes"]["format"]["instances"] == [{"device": "cpu", "memory_bytes": 0}]
 
 
+def test_compile_python_steps_resolves_nothing_heavy():
+    plan = compile_file(DATA / "pipelines" / "python_steps.yaml", devices=[CPU])
+    assert list(plan.nodes) == ["count", "shout"]
+    shout = plan.nodes["shout"]
+    assert shout.kind == "python"
+    assert shout.params.kwargs == {"suffix": "!!"}
+    assert shout.ports.inputs["count"].dtype == "INT64"
+    assert shout.when == "count > 2"
+    assert plan.base_dir == str((DATA / "pipelines").resolve())
+
+
 PIPELINE = """\
 apiVersion: pipectl/v1
 name: order

@@ -142,3 +142,12 @@ def test_json_schema_names_the_yaml_keys():
     assert schema["additionalProperties"] is False
     text = json.dumps(schema)
     assert "max_queue_delay_ms" in text and "when" in text and "cuda" in text
+
+
+def test_value_errors_carry_a_hint_for_patterns_and_zero_sized_shapes():
+    text = GOOD.replace('device: "cuda:1"', "device: gpu").replace("shape: [1]", "shape: [0]")
+    issues = {i.path: i for i in errors_of(text)}
+    assert issues["nodes.fmt.placement.device"].hint == (
+        "devices are auto, cpu, cuda (any GPU) or cuda:N"
+    )
+    assert "dimensions are positive or -1" in issues["inputs.query.shape"].message
