@@ -131,7 +131,7 @@ def from_json(name: str, datatype: str, shape, data: Any) -> np.ndarray:
     """A tensor from KServe v2 JSON `data` (flat or nested, row-major; BYTES as strings)."""
     dtype = check_dtype(name, datatype)
     count = element_count(name, shape)
-    flat = _flatten(data)
+    flat = flatten(data)
     if len(flat) != count:
         raise InvalidInput(
             f"input {name!r}: {len(flat)} values in data for shape {list(shape)} ({count} expected)"
@@ -160,12 +160,12 @@ def to_json(array: np.ndarray) -> list:
     return flat.tolist()
 
 
-def _flatten(data: Any) -> list:
+def flatten(data: Any) -> list:
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
         return data
     out: list = []
     for item in data:
-        out.extend(_flatten(item))
+        out.extend(flatten(item))
     return out

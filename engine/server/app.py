@@ -1,0 +1,121 @@
+"""One serving process: gRPC and HTTP on one event loop over one Repository.
+
+Both faces listen at once and answer "not ready" (ServerReady false, /v2/health/ready 503, health
+NOT_SERVING) while the pipelines load; they turn ready when every pipeline is loaded. SIGTERM or
+SIGINT: stop taking requests (UNAVAILABLE), let in-flight ones finish (up to a drain timeout),
+then stop the listeners and the executors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.plan import Plan
+from engine.server.repository import Repository
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where to listen and the limits (see `pipectl serve --help`)."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    api_key: str | None = None
+    max_request_bytes: int = 64 << 20
+    drain_timeout_s: float = 30.0
+
+
+def _say(message: str) -> None:
+    print(f"pipectl serve: {message}", file=sys.stderr, flush=True)
+
+
+def build_http_app(repo: Repository, options: ServeOptions):
+    """The aiohttp application: KServe v2 REST, OpenAI routes and /metrics."""
+    from aiohttp import web
+
+    from engine.server import http, metrics, openai_api
+    from engine.server.auth import ApiKey
+
+    middlewares = []
+    if options.api_key:
+        middlewares.append(ApiKey(options.api_key).http_middleware(exempt_prefixes=("/v2/health",)))
+    middlewares += [http.errors_middleware, openai_api.openai_errors]
+    app = web.Application(client_max_size=options.max_request_bytes, middlewares=middlewares)
+    app.add_routes(http.routes(repo) + openai_api.routes(repo) + metrics.routes(repo))
+    return app
+
+
+async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], None] = _say) -> int:
+    """Serve `plans` until SIGTERM/SIGINT; returns the exit status."""
+    from aiohttp import web
+
+    from engine.server import grpc as grpc_face
+    from engine.server.auth import ApiKey
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    repo = Repository()
+    for plan in plans:
+        repo.add(plan)
+    key = ApiKey(options.api_key) if options.api_key else None
+    grpc_server, health, grpc_port = grpc_face.build_server(
+        repo, options.host, options.grpc_port, api_key=key,
+        max_request_bytes=options.max_request_bytes,
+    )  # fmt: skip
+    await grpc_face.set_health(health, False)
+    await grpc_server.start()
+    runner = web.AppRunner(build_http_app(repo, options), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.http_port)
+    await site.start()
+    http_port = runner.addresses[0][1] if runner.addresses else options.http_port
+    say(f"gRPC on {options.host}:{grpc_port}, HTTP on {options.host}:{http_port}")
+
+    status = 0
+    try:
+        started = time.monotonic()
+        for plan in plans:
+            say(f"loading pipeline {plan.name!r} ({len(plan.nodes)} nodes)")
+
+            def progress(node: str, done: int, total: int, name: str = plan.name) -> None:
+                say(f"  {name}: loaded {node} ({done}/{total} instances)")
+
+            load = loop.run_in_executor(None, repo.load, plan.name, progress)
+            waiter = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([load, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if stop.is_set():
+                say("stopping while loading (waiting for the current load to end)")
+                await asyncio.gather(load, return_exceptions=True)
+                return 0
+            try:
+                load.result()
+            except Exception as exc:  # noqa: BLE001 - reported, then the server exits
+                say(f"pipeline {plan.name!r} failed to load: {type(exc).__name__}: {exc}")
+                status = 1
+                return status
+        names = ", ".join(repo.pipelines)
+        say(f"ready: {names} (loaded in {time.monotonic() - started:.1f}s)")
+        await grpc_face.set_health(health, True)
+        await stop.wait()
+        say(f"draining {repo.inflight} in-flight requests")
+        await grpc_face.set_health(health, False)
+        if not await repo.drain(options.drain_timeout_s):
+            say(f"drain timed out after {options.drain_timeout_s}s; {repo.inflight} left")
+            status = 1
+    finally:
+        repo.draining = True
+        await grpc_server.stop(grace=1.0)
+        await runner.cleanup()
+        await loop.run_in_executor(None, repo.stop)
+        say("stopped")
+    return status

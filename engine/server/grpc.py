@@ -1,0 +1,242 @@
+"""The KServe v2 gRPC face (`inference.GRPCInferenceService`, grpc.aio), plus the standard health
+and reflection services. It only translates between protobuf and `Repository`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from engine.errors import InvalidInput, RequestError
+from engine.server import describe, tensors
+from engine.server.auth import ApiKey
+from engine.server.repository import READY, Repository, ServedModel
+from nodes.dtypes import kserve_dtype
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("pipectl.server")
+SERVICE = "inference.GRPCInferenceService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """The request's tensors: raw_input_contents (one per input, in order) or typed contents."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs (one per input)"
+        )
+    out = {}
+    for i, tensor in enumerate(request.inputs):
+        if tensor.name in out:
+            raise InvalidInput(f"input {tensor.name!r} is given twice")
+        if raw:
+            out[tensor.name] = tensors.from_raw(tensor.name, tensor.datatype, tensor.shape, raw[i])
+        else:
+            out[tensor.name] = tensors.from_contents(
+                tensor.name, tensor.datatype, tensor.shape, tensor.contents
+            )
+    return out
+
+
+def encode_outputs(
+    model: ServedModel, outputs: dict[str, np.ndarray], response: pb.ModelInferResponse
+) -> None:
+    """Outputs into raw_output_contents (the datatype is the model's declared one)."""
+    for name, array in outputs.items():
+        spec = model.outputs.get(name)
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = spec.dtype if spec is not None else kserve_dtype(array.dtype)
+        tensor.shape.extend(array.shape)
+        response.raw_output_contents.append(tensors.to_raw(array))
+
+
+def request_options(request: pb.ModelInferRequest) -> dict:
+    """priority and timeout (microseconds, as Triton) from the request parameters."""
+    options: dict = {"priority": None, "timeout_s": None}
+    params = request.parameters
+    if "priority" in params:
+        p = params["priority"]
+        options["priority"] = int(getattr(p, p.WhichOneof("parameter_choice") or "int64_param"))
+    if "timeout" in params:
+        t = params["timeout"]
+        micros = int(getattr(t, t.WhichOneof("parameter_choice") or "int64_param"))
+        options["timeout_s"] = micros / 1e6 if micros > 0 else None
+    return options
+
+
+def _requested(request: pb.ModelInferRequest) -> list[str] | None:
+    return [o.name for o in request.outputs] or None
+
+
+def _parse(message_cls, data: dict):
+    return json_format.ParseDict(data, message_cls())
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` over a Repository."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+
+    async def _abort(self, context, exc: RequestError):
+        code = getattr(grpc.StatusCode, exc.status, grpc.StatusCode.INTERNAL)
+        await context.abort(code, str(exc))
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.repo.ready)
+
+    async def ModelReady(self, request, context):
+        try:
+            model = self.repo.get(request.name, request.version)
+        except RequestError as exc:
+            await self._abort(context, exc)
+        return pb.ModelReadyResponse(ready=model.state == READY and not self.repo.draining)
+
+    async def ServerMetadata(self, request, context):
+        return _parse(pb.ServerMetadataResponse, describe.server_metadata())
+
+    async def ModelMetadata(self, request, context):
+        try:
+            model = self.repo.get(request.name, request.version)
+        except RequestError as exc:
+            await self._abort(context, exc)
+        return _parse(pb.ModelMetadataResponse, describe.model_metadata(model))
+
+    async def ModelConfig(self, request, context):
+        try:
+            model = self.repo.get(request.name, request.version)
+        except RequestError as exc:
+            await self._abort(context, exc)
+        return _parse(pb.ModelConfigResponse, {"config": describe.model_config(model)})
+
+    async def ModelStatistics(self, request, context):
+        try:
+            stats = describe.statistics(self.repo, request.name, request.version)
+        except RequestError as exc:
+            await self._abort(context, exc)
+        return _parse(pb.ModelStatisticsResponse, stats)
+
+    async def RepositoryIndex(self, request, context):
+        index = describe.repository_index(self.repo, ready_only=request.ready)
+        return _parse(pb.RepositoryIndexResponse, {"models": index})
+
+    async def ModelInfer(self, request, context):
+        try:
+            model = self.repo.get(request.model_name, request.model_version)
+            outputs = await self.repo.infer(
+                request.model_name,
+                decode_inputs(request),
+                _requested(request),
+                version=request.model_version,
+                request_id=request.id,
+                **request_options(request),
+            )
+        except RequestError as exc:
+            await self._abort(context, exc)
+        response = pb.ModelInferResponse(
+            model_name=request.model_name, model_version="1", id=request.id
+        )
+        encode_outputs(model, outputs, response)
+        return response
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Decoupled: each request runs concurrently; responses (and in-band errors) are written
+        as they come, the last of a request flagged `triton_final_response`."""
+        lock = asyncio.Lock()
+        tasks: set[asyncio.Task] = set()
+
+        async def write(message):
+            async with lock:
+                await context.write(message)
+
+        async def serve(request):
+            empty_final = False
+            if "triton_enable_empty_final_response" in request.parameters:
+                empty_final = request.parameters["triton_enable_empty_final_response"].bool_param
+            try:
+                model = self.repo.get(request.model_name, request.model_version)
+                events = self.repo.stream(
+                    request.model_name,
+                    decode_inputs(request),
+                    _requested(request),
+                    version=request.model_version,
+                    request_id=request.id,
+                    **request_options(request),
+                )
+                async for outputs, final in events:
+                    if final and not outputs and not empty_final:
+                        continue
+                    response = pb.ModelInferResponse(
+                        model_name=request.model_name, model_version="1", id=request.id
+                    )
+                    encode_outputs(model, outputs, response)
+                    response.parameters["triton_final_response"].bool_param = final
+                    await write(pb.ModelStreamInferResponse(infer_response=response))
+            except RequestError as exc:
+                await write(pb.ModelStreamInferResponse(error_message=str(exc)))
+
+        try:
+            async for request in request_iterator:
+                task = asyncio.create_task(serve(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:  # the client went away: stop its requests (frees LLM sequences)
+            for task in tasks:
+                task.cancel()
+
+
+def build_server(
+    repo: Repository,
+    host: str,
+    port: int,
+    *,
+    api_key: ApiKey | None = None,
+    max_request_bytes: int = 64 << 20,
+):
+    """A grpc.aio server with the inference, health and reflection services (not started).
+    Returns (server, health servicer, bound port)."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    interceptors = [api_key.grpc_interceptor(exempt=(HEALTH_SERVICE,))] if api_key else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(repo), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC on {host}:{port}")
+    return server, health_servicer, bound
+
+
+async def set_health(health_servicer, serving: bool) -> None:
+    """SERVING or NOT_SERVING for the whole server and the inference service."""
+    from grpc_health.v1 import health_pb2
+
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE):
+        await health_servicer.set(name, status)

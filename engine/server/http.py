@@ -1,0 +1,272 @@
+"""The KServe v2 REST face on aiohttp: health, metadata, config, statistics, `infer` (JSON and the
+binary tensor extension that tritonclient.http uses), and Triton's `generate` / `generate_stream`
+(server-sent events). It only translates between JSON/bytes and `Repository`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from engine.errors import InvalidInput, RequestError
+from engine.server import describe, tensors
+from engine.server.repository import READY, Repository, ServedModel
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "DEADLINE_EXCEEDED": 504,
+    "UNAVAILABLE": 503,
+    "CANCELLED": 499,
+    "UNAUTHENTICATED": 401,
+    "INTERNAL": 500,
+}
+REPO_KEY: web.AppKey[Repository] = web.AppKey("repository", Repository)
+
+
+def error_response(exc: RequestError) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=HTTP_STATUS.get(exc.status, 500))
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    """RequestErrors as `{"error": ...}` with the matching status; an oversized body as 413 with
+    the limit in the message."""
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return web.json_response(
+            {
+                "error": f"request body too large: {exc.text}; raise `pipectl serve --max-request-mb`"
+            },
+            status=413,
+        )
+
+
+def options(params: dict) -> dict:
+    """priority and timeout (microseconds, as Triton) from request parameters."""
+    timeout = params.get("timeout")
+    priority = params.get("priority")
+    try:
+        return {
+            "priority": int(priority) if priority is not None else None,
+            "timeout_s": int(timeout) / 1e6 if timeout else None,
+        }
+    except (TypeError, ValueError):
+        raise InvalidInput("parameters 'priority' and 'timeout' must be integers") from None
+
+
+async def _json_body(request: web.Request) -> tuple[dict, bytes]:
+    """The JSON header and the binary tail (binary tensor extension) of an infer request."""
+    body = await request.read()
+    length = request.headers.get(HEADER_LENGTH)
+    try:
+        if length is None:
+            return json.loads(body), b""
+        n = int(length)
+        return json.loads(body[:n]), body[n:]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+def decode_inputs(header: dict, binary: bytes) -> dict[str, np.ndarray]:
+    """Inputs from JSON `data`, or from the binary tail in input order (`binary_data_size`)."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidInput("the request has no 'inputs' list")
+    for tensor in inputs:
+        try:
+            name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
+        except (KeyError, TypeError):
+            raise InvalidInput("every input needs 'name', 'datatype' and 'shape'") from None
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if offset + size > len(binary):
+                raise InvalidInput(f"input {name!r}: binary data shorter than {size} bytes")
+            out[name] = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in tensor:
+            out[name] = tensors.from_json(name, datatype, shape, tensor["data"])
+        else:
+            raise InvalidInput(f"input {name!r} has neither 'data' nor binary_data_size")
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return out
+
+
+def encode_response(
+    model: ServedModel, outputs: dict[str, np.ndarray], header: dict
+) -> web.Response:
+    """JSON outputs, or binary ones (tail + Inference-Header-Content-Length) where asked."""
+    wanted = {o["name"]: o.get("parameters") or {} for o in header.get("outputs") or []}
+    all_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    result: dict[str, Any] = {"model_name": model.name, "model_version": "1"}
+    if header.get("id"):
+        result["id"] = header["id"]
+    result["outputs"] = []
+    tail: list[bytes] = []
+    for name, array in outputs.items():
+        spec = model.outputs[name]
+        entry: dict[str, Any] = {"name": name, "datatype": spec.dtype, "shape": list(array.shape)}
+        if wanted.get(name, {}).get("binary_data", all_binary):
+            raw = tensors.to_raw(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:
+            entry["data"] = tensors.to_json(array)
+        result["outputs"].append(entry)
+    text = json.dumps(result).encode()
+    if not tail:
+        return web.Response(body=text, content_type="application/json")
+    return web.Response(
+        body=text + b"".join(tail),
+        headers={HEADER_LENGTH: str(len(text)), "Content-Type": "application/octet-stream"},
+    )
+
+
+def generate_inputs(model: ServedModel, body: dict) -> dict[str, np.ndarray]:
+    """Triton's generate extension: top-level keys name inputs; values are scalars or lists."""
+    out = {}
+    for name, value in body.items():
+        if name in ("parameters", "id"):
+            continue
+        spec = model.inputs.get(name)
+        if spec is None:
+            raise InvalidInput(
+                f"model {model.name!r} has no input {name!r}; inputs: {', '.join(model.inputs)}"
+            )
+        flat = tensors.flatten(value if isinstance(value, list) else [value])
+        shape = [d if d != -1 else 1 for d in spec.shape]
+        if -1 in spec.shape:
+            known = int(np.prod([d for d in spec.shape if d != -1] or [1]))
+            shape[list(spec.shape).index(-1)] = max(1, len(flat) // max(known, 1))
+        out[name] = tensors.from_json(name, spec.dtype, [1, *shape], flat)
+    return out
+
+
+def generate_outputs(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Outputs of one generate item: single values as scalars (text as str), else lists."""
+    out = {}
+    for name, array in outputs.items():
+        values = tensors.to_json(array[0] if array.ndim and array.shape[0] == 1 else array)
+        out[name] = values[0] if len(values) == 1 else values
+    return out
+
+
+def routes(repo: Repository) -> list[web.RouteDef]:
+    """The KServe v2 routes over `repo`."""
+
+    def model_of(request: web.Request) -> ServedModel:
+        return repo.get(request.match_info["model"], request.match_info.get("version", ""))
+
+    async def server_metadata(request):
+        return web.json_response(describe.server_metadata())
+
+    async def live(request):
+        return web.Response(status=200)
+
+    async def ready(request):
+        return web.Response(status=200 if repo.ready else 503)
+
+    async def model_metadata(request):
+        return web.json_response(describe.model_metadata(model_of(request)))
+
+    async def model_ready(request):
+        model = model_of(request)
+        return web.Response(status=200 if model.state == READY and not repo.draining else 503)
+
+    async def model_config(request):
+        return web.json_response(describe.model_config(model_of(request)))
+
+    async def model_stats(request):
+        name = request.match_info.get("model", "")
+        stats = describe.statistics(repo, name, request.match_info.get("version", ""))
+        return web.json_response(stats)
+
+    async def repository_index(request):
+        body = await request.read()
+        ready_only = bool(json.loads(body).get("ready", False)) if body else False
+        return web.json_response(describe.repository_index(repo, ready_only))
+
+    async def infer(request):
+        model = model_of(request)
+        header, binary = await _json_body(request)
+        wanted = [o["name"] for o in header.get("outputs") or []] or None
+        outputs = await repo.infer(
+            model.name,
+            decode_inputs(header, binary),
+            wanted,
+            request_id=str(header.get("id", "")),
+            **options(header.get("parameters") or {}),
+        )
+        return encode_response(model, outputs, header)
+
+    async def generate(request):
+        model = model_of(request)
+        body, _ = await _json_body(request)
+        outputs = await repo.infer(
+            model.name,
+            generate_inputs(model, body),
+            request_id=str(body.get("id", "")),
+            **options(body.get("parameters") or {}),
+        )
+        return web.json_response(
+            {"model_name": model.name, "model_version": "1"} | generate_outputs(outputs)
+        )
+
+    async def generate_stream(request):
+        model = model_of(request)
+        body, _ = await _json_body(request)
+        events = repo.stream(
+            model.name,
+            generate_inputs(model, body),
+            request_id=str(body.get("id", "")),
+            **options(body.get("parameters") or {}),
+        )
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        started = False
+        try:
+            async for outputs, _final in events:
+                if not started:
+                    await response.prepare(request)
+                    started = True
+                data = {"model_name": model.name, "model_version": "1"} | generate_outputs(outputs)
+                await response.write(f"data: {json.dumps(data)}\n\n".encode())
+        except RequestError as exc:
+            if not started:
+                raise  # nothing sent yet: a plain error status
+            await response.write(f"data: {json.dumps({'error': str(exc)})}\n\n".encode())
+        if not started:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    base = "/v2/models/{model}"
+    out = [
+        web.get("/v2", server_metadata),
+        web.get("/v2/health/live", live),
+        web.get("/v2/health/ready", ready),
+        web.get("/v2/models/stats", model_stats),
+        web.post("/v2/repository/index", repository_index),
+    ]
+    for prefix in (base, base + "/versions/{version}"):
+        out += [
+            web.get(prefix, model_metadata),
+            web.get(prefix + "/ready", model_ready),
+            web.get(prefix + "/config", model_config),
+            web.get(prefix + "/stats", model_stats),
+            web.post(prefix + "/infer", infer),
+            web.post(prefix + "/generate", generate),
+            web.post(prefix + "/generate_stream", generate_stream),
+        ]
+    return out

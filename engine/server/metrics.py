@@ -1,0 +1,111 @@
+"""Prometheus `/metrics`: read from the executors' statistics at scrape time, so the request path
+pays nothing for them.
+
+Per node (labels pipeline, node): successes, failures, queue and compute seconds, batches, the
+batch-size histogram, items queued now. Per model (label model): requests and their seconds.
+Per LLM node that offers `llm_stats()` through the executor: running and waiting sequences, KV
+blocks in use, prefix-cache hit rate, tokens/s.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine.server.describe import node_statistics
+from engine.server.repository import Repository
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LLM_GAUGES = {
+    "running": "sequences being decoded",
+    "waiting": "sequences waiting for a slot",
+    "kv_blocks_used": "KV-cache blocks in use",
+    "kv_blocks_total": "KV-cache blocks in all",
+    "prefix_cache_hit_rate": "share of prompt tokens served from the prefix cache",
+    "tokens_per_second": "generated tokens per second, recent",
+}
+
+
+class PipelineCollector:
+    """A prometheus_client collector over a Repository."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+
+    def collect(self):
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        labels = ["pipeline", "node"]
+        c = {
+            "success": CounterMetricFamily("pipectl_node_success", "items a node computed", labels=labels),
+            "failure": CounterMetricFamily("pipectl_node_failure", "items a node failed, expired or rejected", labels=labels),
+            "queue_ns": CounterMetricFamily("pipectl_node_queue_seconds", "time items waited in the node's queue", labels=labels),
+            "compute_ns": CounterMetricFamily("pipectl_node_compute_seconds", "time the node spent computing batches", labels=labels),
+            "batches": CounterMetricFamily("pipectl_node_batches", "batches the node computed", labels=labels),
+        }  # fmt: skip
+        hist = HistogramMetricFamily("pipectl_node_batch_size", "items per batch", labels=labels)
+        queued = GaugeMetricFamily("pipectl_node_queued", "items waiting now", labels=labels)
+        req = {
+            "ok": CounterMetricFamily("pipectl_requests_success", "requests answered", labels=["model"]),
+            "fail": CounterMetricFamily("pipectl_requests_failure", "requests failed", labels=["model"]),
+            "seconds": CounterMetricFamily("pipectl_request_seconds", "time spent answering requests", labels=["model"]),
+        }  # fmt: skip
+        llm = {
+            key: GaugeMetricFamily(f"pipectl_llm_{key}", doc, labels=labels)
+            for key, doc in LLM_GAUGES.items()
+        }
+        for model in self.repo.models.values():
+            st = model.stats
+            req["ok"].add_metric([model.name], st.success_count)
+            req["fail"].add_metric([model.name], st.fail_count)
+            req["seconds"].add_metric([model.name], (st.success_ns + st.fail_ns) / 1e9)
+            if model.node is None:
+                continue
+            key = [model.pipeline, model.node]
+            s = node_statistics(self.repo, model)
+            for name, family in c.items():
+                value = s[name] / 1e9 if name.endswith("_ns") else s[name]
+                family.add_metric(key, value)
+            sizes = s["batch_sizes"]
+            buckets, running = [], 0
+            for bound in BATCH_BUCKETS:
+                running += sum(n for size, n in sizes.items() if _bucket(size) == bound)
+                buckets.append((str(bound), running))
+            buckets.append(("+Inf", sum(sizes.values())))
+            hist.add_metric(key, buckets, sum(size * n for size, n in sizes.items()))
+            executor = self.repo.models[model.pipeline].executor
+            stats = executor.statistics().get(model.node, {}) if executor is not None else {}
+            queued.add_metric(key, stats.get("queued", 0))
+            for gauge_key, value in (stats.get("llm") or {}).items():
+                if gauge_key in llm:
+                    llm[gauge_key].add_metric(key, float(value))
+        yield from c.values()
+        yield hist
+        yield queued
+        yield from req.values()
+        yield from llm.values()
+
+
+def _bucket(size: int) -> int:
+    for bound in BATCH_BUCKETS:
+        if size <= bound:
+            return bound
+    return 1 << 62
+
+
+def routes(repo: Repository) -> list[web.RouteDef]:
+    """`GET /metrics` in the Prometheus text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(repo))
+
+    async def metrics(request):
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    return [web.get("/metrics", metrics)]

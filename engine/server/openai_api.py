@@ -1,0 +1,281 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+The request's `model` names a pipeline. Its text goes to the pipeline input `messages` (the chat
+as JSON), else `prompt` (text; for chat, the last user message), else the pipeline's only BYTES
+input. Request fields that share a name with a pipeline input (max_tokens, temperature, top_p,
+seed, ...) are passed to it. The answer is the first streamed BYTES output (the LLM's tokens),
+else the first BYTES output. `usage` comes from pipeline outputs `prompt_tokens` and
+`completion_tokens` when the pipeline has them; otherwise completion tokens count the streamed
+deltas (one per token from the llm node) and prompt tokens are reported as 0.
+Embeddings use the first FP32 output with one dimension.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from engine.errors import InvalidInput, RequestError
+from engine.server import tensors
+from engine.server.http import HTTP_STATUS
+from engine.server.repository import Repository, ServedModel
+
+PASSED_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+USAGE_OUTPUTS = ("prompt_tokens", "completion_tokens")
+
+
+def _error(message: str, status: int, kind: str = "invalid_request_error") -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Errors under /v1 in OpenAI's shape."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return _error(str(exc), HTTP_STATUS.get(exc.status, 500))
+
+
+def _text(content: Any) -> str:
+    """Message content as text (a string, or a list of content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def _bytes_input(model: ServedModel) -> str:
+    names = [n for n, s in model.inputs.items() if s.dtype == "BYTES" and not s.optional]
+    if len(names) != 1:
+        raise InvalidInput(
+            f"pipeline {model.name!r} takes no 'messages' or 'prompt' input and not exactly one "
+            f"text input (inputs: {', '.join(model.inputs)})"
+        )
+    return names[0]
+
+
+def _scalar(name: str, dtype: str, value: Any) -> np.ndarray:
+    values = value if isinstance(value, list) else [value]
+    return tensors.from_json(name, dtype, [1, len(values)], values)
+
+
+def build_inputs(model: ServedModel, body: dict, *, chat: bool) -> dict[str, np.ndarray]:
+    """Pipeline inputs (batch of one) for a chat or completion request."""
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidInput("'messages' must be a non-empty list")
+        messages = [
+            {"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages
+        ]
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        text = users[-1] if users else messages[-1]["content"]
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list):
+            if len(prompt) != 1 or not isinstance(prompt[0], str):
+                raise InvalidInput("'prompt' must be one string")
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise InvalidInput("'prompt' must be a string")
+        text, messages = prompt, [{"role": "user", "content": prompt}]
+    if "messages" in model.inputs:
+        name, value = "messages", json.dumps(messages)
+    elif "prompt" in model.inputs:
+        name, value = "prompt", text
+    else:
+        name, value = _bytes_input(model), text
+    spec = model.inputs[name]
+    out = {name: tensors.from_json(name, "BYTES", [1, *[1 for _ in spec.shape]], [value])}
+    if "max_completion_tokens" in body and "max_tokens" not in body:
+        body = {**body, "max_tokens": body["max_completion_tokens"]}
+    for field in PASSED_FIELDS:
+        if field in model.inputs and body.get(field) is not None:
+            out[field] = _scalar(field, model.inputs[field].dtype, body[field])
+    return out
+
+
+def text_output(model: ServedModel) -> str:
+    for name in model.streamed:
+        if model.outputs[name].dtype == "BYTES":
+            return name
+    for name, spec in model.outputs.items():
+        if spec.dtype == "BYTES":
+            return name
+    raise InvalidInput(f"pipeline {model.name!r} has no text output")
+
+
+def _decode(array: np.ndarray) -> str:
+    return b"".join(bytes(v) for v in array.reshape(-1)).decode("utf-8", errors="replace")
+
+
+def _count(outputs: dict, name: str) -> int | None:
+    return int(np.asarray(outputs[name]).reshape(-1)[0]) if name in outputs else None
+
+
+def routes(repo: Repository) -> list[web.RouteDef]:
+    """The OpenAI-compatible routes over `repo`."""
+
+    async def read(request) -> dict:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidInput("request body must be a JSON object")
+        if body.get("n", 1) != 1:
+            raise InvalidInput("only n=1 is supported")
+        return body
+
+    def pipeline(body: dict) -> ServedModel:
+        name = body.get("model")
+        if not isinstance(name, str):
+            raise InvalidInput("'model' must name a pipeline")
+        return repo.serving(name)
+
+    async def list_models(request):
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "pipectl"}
+            for name in repo.pipelines
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def completion(request, *, chat: bool):
+        body = await read(request)
+        model = pipeline(body)
+        inputs = build_inputs(model, body, chat=chat)
+        out_name = text_output(model)
+        wanted = [out_name] + [n for n in USAGE_OUTPUTS if n in model.outputs]
+        kind = "chat.completion" if chat else "text_completion"
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        events = repo.stream(model.name, inputs, wanted, request_id=rid)
+
+        def choice(text: str, finish: str | None, first: bool = False) -> dict:
+            if not chat:
+                return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            if body.get("stream"):
+                delta = {"role": "assistant", "content": text} if first else {"content": text}
+                return {
+                    "index": 0,
+                    "delta": delta if text or first else {},
+                    "finish_reason": finish,
+                }
+            message = {"role": "assistant", "content": text}
+            return {"index": 0, "message": message, "finish_reason": finish}
+
+        pieces: list[str] = []
+        counts: dict[str, int | None] = {}
+        if not body.get("stream"):
+            async for outputs, _final in events:
+                if out_name in outputs:
+                    pieces.append(_decode(outputs[out_name]))
+                counts.update({n: _count(outputs, n) for n in USAGE_OUTPUTS if n in outputs})
+            usage = _usage(counts, pieces)
+            return web.json_response(
+                {"id": rid, "object": kind, "created": created, "model": model.name,
+                 "choices": [choice("".join(pieces), "stop")], "usage": usage}
+            )  # fmt: skip
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
+
+        async def send(choices: list, usage: dict | None = None) -> None:
+            data = {"id": rid, "object": chunk_kind, "created": created, "model": model.name,
+                    "choices": choices}  # fmt: skip
+            if usage is not None:
+                data["usage"] = usage
+            await response.write(f"data: {json.dumps(data)}\n\n".encode())
+
+        first = True
+        try:
+            async for outputs, _final in events:
+                if first:
+                    await response.prepare(request)
+                counts.update({n: _count(outputs, n) for n in USAGE_OUTPUTS if n in outputs})
+                text = _decode(outputs[out_name]) if out_name in outputs else ""
+                if text or first:
+                    pieces.append(text)
+                    await send([choice(text, None, first)])
+                first = False
+        except RequestError as exc:
+            if first:
+                raise  # nothing sent yet: a plain error status
+            await response.write(
+                f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n".encode()
+            )
+            await response.write_eof()
+            return response
+        await send([choice("", "stop")])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], _usage(counts, pieces))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def chat_completions(request):
+        return await completion(request, chat=True)
+
+    async def completions(request):
+        return await completion(request, chat=False)
+
+    async def embeddings(request):
+        body = await read(request)
+        model = pipeline(body)
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidInput("'input' must be a string or a non-empty list of strings")
+        vectors = [n for n, s in model.outputs.items() if s.dtype == "FP32" and len(s.shape) == 1]
+        if not vectors:
+            raise InvalidInput(f"pipeline {model.name!r} has no FP32 vector output to embed with")
+        name = next((n for n in ("text", "input") if n in model.inputs), None) or _bytes_input(
+            model
+        )
+        spec = model.inputs[name]
+        shape = [len(texts), *[1 for _ in spec.shape]]
+        inputs = {name: tensors.from_json(name, "BYTES", shape, texts)}
+        out = await repo.infer(model.name, inputs, [vectors[0]])
+        matrix = out[vectors[0]].astype(np.float32).reshape(len(texts), -1)
+        b64 = body.get("encoding_format") == "base64"
+        data = [
+            {"object": "embedding", "index": i,
+             "embedding": base64.b64encode(row.tobytes()).decode() if b64 else row.tolist()}
+            for i, row in enumerate(matrix)
+        ]  # fmt: skip
+        usage = {"prompt_tokens": 0, "total_tokens": 0}
+        return web.json_response(
+            {"object": "list", "data": data, "model": model.name, "usage": usage}
+        )
+
+    return [
+        web.get("/v1/models", list_models),
+        web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/completions", completions),
+        web.post("/v1/embeddings", embeddings),
+    ]
+
+
+def _usage(counts: dict[str, int | None], pieces: list[str]) -> dict:
+    prompt = counts.get("prompt_tokens") or 0
+    completion = counts.get("completion_tokens")
+    if completion is None:
+        completion = sum(1 for p in pieces if p)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }

@@ -1,0 +1,417 @@
+"""The models a server hosts: each pipeline, and each of its nodes as `<pipeline>.<node>`.
+
+Both protocols go through `Repository.infer` / `Repository.stream`: inputs carry the client's batch
+dimension; each batch item becomes one executor request and the results are stacked back.
+
+A node model runs a one-node sub-plan (see `node_plan`): the node's wired input ports become the
+model's inputs (named after the ports), its output ports its outputs. Its executor runs on the
+pipeline executor's loaded instances (same batchers, same streaming nodes; see `_share`), so a
+node model costs no memory and its requests batch together with the pipeline's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import NoReturn
+
+import numpy as np
+
+from engine.errors import InvalidInput, NodeError, NotFound, RequestError, Unavailable
+from engine.plan import PIPELINE_INPUT, Plan, Source
+from nodes.base import TensorSpec
+
+LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"
+
+
+def node_plan(plan: Plan, node: str) -> Plan:
+    """The one-node plan that runs `node` of `plan` alone: inputs are its wired ports."""
+    np_ = plan.nodes[node]
+    inputs = {port: np_.ports.inputs[port] for port in np_.inputs}
+    wired = {port: Source(PIPELINE_INPUT, port) for port in np_.inputs}
+    return Plan(
+        name=f"{plan.name}.{node}",
+        file=plan.file,
+        base_dir=plan.base_dir,
+        inputs=inputs,
+        outputs={port: Source(node, port) for port in np_.ports.outputs},
+        nodes={node: replace(np_, inputs=wired, when=None)},
+    )
+
+
+def _streamed_outputs(plan: Plan) -> frozenset[str]:
+    """Pipeline outputs fed by a streaming node's streamed ports (token deltas)."""
+    from nodes.registry import get_kind
+
+    streamed = set()
+    for name, src in plan.outputs.items():
+        kind = get_kind(plan.nodes[src.node].kind)
+        if kind.streaming and src.port in kind.stream_outputs:
+            streamed.add(name)
+    return frozenset(streamed)
+
+
+@dataclass
+class ModelStats:
+    """Request-level counters of one model (Triton's InferStatistics for the whole model)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    inference_count: int = 0  # batch items
+    execution_count: int = 0  # requests
+    last_inference_ms: int = 0
+
+    def record(self, ok: bool, items: int, elapsed_ns: int) -> None:
+        if ok:
+            self.success_count += 1
+            self.success_ns += elapsed_ns
+            self.inference_count += items
+        else:
+            self.fail_count += 1
+            self.fail_ns += elapsed_ns
+        self.execution_count += 1
+        self.last_inference_ms = int(time.time() * 1000)
+
+
+@dataclass
+class ServedModel:
+    """One model a client can name: a pipeline, or one node of a pipeline."""
+
+    name: str
+    pipeline: str
+    node: str | None
+    plan: Plan
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    streamed: frozenset[str]
+    executor: object | None = None
+    state: str = LOADING
+    reason: str = ""
+    stats: ModelStats = field(default_factory=ModelStats)
+
+    @property
+    def decoupled(self) -> bool:
+        return bool(self.streamed)
+
+    def consumers(self, input_name: str) -> list[str]:
+        """The nodes that read a model input (for error messages)."""
+        return [
+            n
+            for n, node in self.plan.nodes.items()
+            for src in node.inputs.values()
+            if src.is_pipeline_input and src.port == input_name
+        ]
+
+
+class Repository:
+    """Every served model, their loading state, and the request path into the executors."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ServedModel] = {}
+        self.pipelines: list[str] = []
+        self.draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._node_lock = threading.Lock()
+
+    # ---- registration and loading --------------------------------------------------------
+    def add(self, plan: Plan) -> None:
+        """Register a pipeline and its node models (state LOADING)."""
+        if plan.name in self.models:
+            raise ValueError(f"two pipelines are named {plan.name!r}")
+        streamed = _streamed_outputs(plan)
+        outputs = {n: plan.nodes[s.node].ports.outputs[s.port] for n, s in plan.outputs.items()}
+        self.pipelines.append(plan.name)
+        self.models[plan.name] = ServedModel(
+            plan.name, plan.name, None, plan, dict(plan.inputs), outputs, streamed
+        )
+        for node in plan.nodes:
+            sub = node_plan(plan, node)
+            sub_outputs = {n: plan.nodes[node].ports.outputs[n] for n in sub.outputs}
+            self.models[sub.name] = ServedModel(
+                sub.name, plan.name, node, sub, dict(sub.inputs), sub_outputs,
+                _streamed_outputs(sub),
+            )  # fmt: skip
+
+    def load(self, pipeline: str, progress: Callable[[str], None] | None = None) -> None:
+        """Start the pipeline's executor (blocking: call it from a thread)."""
+        model = self.models[pipeline]
+        try:
+            executor = _default_executor(model.plan)
+            executor.start(progress=progress)
+        except Exception as exc:  # a failed pipeline stays listed, with its reason
+            for m in self._family(pipeline):
+                m.state, m.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+            raise
+        model.executor = executor
+        for m in self._family(pipeline):
+            m.state, m.reason = READY, ""
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop every pipeline executor (blocking); node models share them."""
+        for model in self.models.values():
+            if model.node is None and model.executor is not None:
+                model.executor.stop(drain=drain)
+            model.executor = None
+
+    @property
+    def ready(self) -> bool:
+        return (
+            not self.draining
+            and bool(self.models)
+            and all(m.state == READY for m in self.models.values())
+        )
+
+    def _family(self, pipeline: str) -> list[ServedModel]:
+        return [m for m in self.models.values() if m.pipeline == pipeline]
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """The model called `name`; NotFound lists the models."""
+        model = self.models.get(name)
+        if model is None or version not in ("", "1"):
+            what = f"model {name!r}" + (f" version {version!r}" if version else "")
+            raise NotFound(f"{what} is not served; models: {', '.join(self.models)}")
+        return model
+
+    def serving(self, name: str, version: str = "") -> ServedModel:
+        """The model called `name`, ready to take requests (else NotFound or Unavailable)."""
+        model = self.get(name, version)
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        if model.state != READY:
+            why = f": {model.reason}" if model.reason else ""
+            raise Unavailable(f"model {name!r} is {model.state.lower()}{why}")
+        return model
+
+    def _executor(self, model: ServedModel):
+        if model.executor is not None:
+            return model.executor
+        with self._node_lock:  # node models: made on first use, on the pipeline's instances
+            if model.executor is None:
+                model.executor = _share(self.models[model.pipeline].executor, model.plan)
+        return model.executor
+
+    # ---- requests ------------------------------------------------------------------------
+    def check_request(
+        self, model: ServedModel, inputs: dict[str, np.ndarray], outputs: list[str] | None
+    ) -> int:
+        """Validate names, dtypes and shapes against the model; returns the batch size."""
+        from nodes.dtypes import kserve_dtype
+
+        for name in inputs:
+            if name not in model.inputs:
+                raise InvalidInput(
+                    f"model {model.name!r} has no input {name!r}; inputs: {', '.join(model.inputs)}"
+                )
+        missing = [n for n, s in model.inputs.items() if n not in inputs and not s.optional]
+        if missing:
+            raise InvalidInput(
+                f"model {model.name!r}: missing input {missing[0]!r} "
+                f"(read by node {', '.join(model.consumers(missing[0]))})"
+            )
+        batch = None
+        for name, array in inputs.items():
+            spec = model.inputs[name]
+            where = f"input {name!r} of model {model.name!r} (read by node "
+            where += f"{', '.join(model.consumers(name))})"
+            got = kserve_dtype(array.dtype)
+            if got != spec.dtype:
+                raise InvalidInput(f"{where}: datatype {got}, expected {spec.dtype}")
+            want = ["batch", *spec.shape]
+            shape_ok = array.ndim == len(spec.shape) + 1 and all(
+                w == -1 or w == g for w, g in zip(spec.shape, array.shape[1:], strict=True)
+            )
+            if not shape_ok:
+                raise InvalidInput(f"{where}: shape {list(array.shape)}, expected {want}")
+            if batch is not None and array.shape[0] != batch:
+                raise InvalidInput(
+                    f"model {model.name!r}: inputs disagree on the batch size "
+                    f"({batch} and {array.shape[0]} for {name!r})"
+                )
+            batch = array.shape[0]
+        for name in outputs or ():
+            if name not in model.outputs:
+                raise InvalidInput(
+                    f"model {model.name!r} has no output {name!r}; outputs: "
+                    f"{', '.join(model.outputs)}"
+                )
+        if not batch:
+            raise InvalidInput(f"model {model.name!r}: empty batch")
+        return batch
+
+    async def infer(
+        self,
+        name: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        *,
+        version: str = "",
+        request_id: str = "",
+        priority: int | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run one client request (inputs with a batch dimension); returns batched outputs."""
+        model = self.serving(name, version)
+        batch = self.check_request(model, inputs, outputs)
+        executor = await self._executor_async(model)
+        wanted = list(outputs) if outputs else list(model.outputs)
+        kwargs = {"priority": priority, "timeout_s": timeout_s}
+        started = time.monotonic_ns()
+        self._enter()
+        try:
+            ids = [request_id if batch == 1 else f"{request_id}/{i}" for i in range(batch)]
+            calls = [
+                executor.submit({k: v[i] for k, v in inputs.items()}, wanted, request_id=ids[i] or None, **kwargs)
+                for i in range(batch)
+            ]  # fmt: skip
+            results = await _all(calls)
+            out = _stack_outputs(wanted, [r.outputs for r in results])
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a typed error
+            model.stats.record(False, batch, time.monotonic_ns() - started)
+            _reraise(exc, model)
+        finally:
+            self._exit()
+        model.stats.record(True, batch, time.monotonic_ns() - started)
+        return out
+
+    async def stream(
+        self,
+        name: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        *,
+        version: str = "",
+        request_id: str = "",
+        priority: int | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[tuple[dict[str, np.ndarray], bool]]:
+        """Stream one request (batch size 1): yields (delta outputs with batch dim, final)."""
+        model = self.serving(name, version)
+        batch = self.check_request(model, inputs, outputs)
+        if not model.decoupled:
+            out = await self.infer(name, inputs, outputs, version=version, request_id=request_id,
+                                   priority=priority, timeout_s=timeout_s)  # fmt: skip
+            yield out, True
+            return
+        if batch != 1:
+            raise InvalidInput(f"model {name!r} streams: send one item per request, not {batch}")
+        executor = await self._executor_async(model)
+        wanted = list(outputs) if outputs else list(model.outputs)
+        item = {k: v[0] for k, v in inputs.items()}
+        started = time.monotonic_ns()
+        ok = False
+        self._enter()
+        try:
+            async for event in executor.stream(
+                item, wanted, request_id=request_id or None, priority=priority, timeout_s=timeout_s
+            ):
+                yield {k: v[np.newaxis] for k, v in event.outputs.items()}, event.final
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a typed error
+            _reraise(exc, model)
+        finally:
+            model.stats.record(ok, 1, time.monotonic_ns() - started)
+            self._exit()
+
+    async def _executor_async(self, model: ServedModel):
+        if model.executor is not None:
+            return model.executor
+        return await asyncio.get_running_loop().run_in_executor(None, self._executor, model)
+
+    # ---- draining ------------------------------------------------------------------------
+    def _enter(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _exit(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait for in-flight ones; False if the wait timed out."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
+def _default_executor(plan: Plan):
+    from engine.executor import Executor
+
+    return Executor(plan)
+
+
+async def _all(calls: list) -> list:
+    """Await every call; on the first error cancel the rest and raise it."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _stack_outputs(wanted: list[str], per_item: list[dict[str, np.ndarray]]) -> dict:
+    """Stack each output over the batch; an output every item skipped (its node's condition was
+    false) is left out."""
+    out = {}
+    for name in wanted:
+        arrays = [r.get(name) for r in per_item]
+        present = [a for a in arrays if a is not None]
+        if not present:
+            continue
+        if len(present) != len(arrays):
+            raise InvalidInput(
+                f"output {name!r} was produced for some items of the batch and skipped for "
+                "others; send these items in separate requests"
+            )
+        if len(arrays) == 1:
+            out[name] = np.asarray(arrays[0])[np.newaxis]
+            continue
+        try:
+            out[name] = np.stack(arrays)
+        except ValueError:
+            shapes = sorted({tuple(np.shape(a)) for a in arrays})
+            raise InvalidInput(
+                f"output {name!r} has different shapes across the batch ({shapes}); "
+                "send these items in separate requests"
+            ) from None
+    return out
+
+
+def _share(parent, plan: Plan):
+    """An executor for the sub-plan `plan` that runs on `parent`'s loaded instances: the same
+    batchers (their results come back through `parent`, which hands each to its own request)
+    and the same streaming node instances. Nothing is loaded twice."""
+    executor = _default_executor(plan) if parent is not None else None
+    if executor is None or type(executor) is not type(parent):
+        raise Unavailable(f"model {plan.name!r}: its pipeline is not loaded")
+    executor.batchers = {n: parent.batchers[n] for n in plan.nodes if n in parent.batchers}
+    executor._streamers = parent._streamers
+    executor._stream_stats = parent._stream_stats
+    executor._started = True
+    return executor
+
+
+def _reraise(exc: Exception, model: ServedModel) -> NoReturn:
+    """Re-raise a RequestError as is; anything else becomes a NodeError (INTERNAL)."""
+    if isinstance(exc, RequestError):
+        raise exc
+    raise NodeError(f"model {model.name!r}: {type(exc).__name__}: {exc}") from exc

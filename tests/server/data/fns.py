@@ -1,0 +1,31 @@
+"""Functions of the `python` nodes in the server test pipelines."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def upper(items):
+    return [{"text": np.array([t.upper() for t in item["text"]], dtype=object)} for item in items]
+
+
+def scale(items, factor: float = 2.0):
+    return [{"y": item["x"] * factor} for item in items]
+
+
+def length(items):
+    return [{"n": np.array([len(item["text"][0])], dtype=np.int64)} for item in items]
+
+
+def slow(items, seconds: float = 1.0):
+    time.sleep(seconds)
+    return [{"y": item["x"]} for item in items]
+
+
+def fail_negative(items):
+    """Fails every batch that holds a negative value."""
+    if any(float(item["x"][0]) < 0 for item in items):
+        raise ValueError("negative values are not allowed")
+    return [{"y": item["x"]} for item in items]
