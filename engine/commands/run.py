@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         if requests is not None:
-            return asyncio.run(_run_file(executor, requests, outputs, args))
+            if not args.output:
+                return asyncio.run(_run_file(executor, requests, outputs, args, sys.stdout))
+            with open(args.output, "w", encoding="utf-8") as sink:
+                return asyncio.run(_run_file(executor, requests, outputs, args, sink))
         return asyncio.run(_run_one(executor, defaults, outputs, args))
     finally:
         executor.stop(drain=False)
@@ -151,7 +154,7 @@ def _read_requests(plan: Plan, path: str, defaults: dict) -> list[tuple[str, dic
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object")
+            raise ValueError(f"{path}:{number}: expected a JSON object")  # noqa: TRY004
         if isinstance(record.get("inputs"), dict):
             request_id, values = str(record.get("id", number)), record["inputs"]
         else:
@@ -291,10 +294,9 @@ def _record(request_id: str, result: Result | None, trace: bool, error=None) -> 
 
 
 # ---- a file of requests ---------------------------------------------------------------------
-async def _run_file(executor, requests, outputs, args) -> int:
+async def _run_file(executor, requests, outputs, args, sink) -> int:
     from tqdm import tqdm
 
-    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     limit = asyncio.Semaphore(max(1, args.concurrency))
     records: dict[int, dict] = {}
     next_index = 0
@@ -322,8 +324,6 @@ async def _run_file(executor, requests, outputs, args) -> int:
         await asyncio.gather(*(one(i, rid, inp) for i, (rid, inp) in enumerate(requests)))
     finally:
         bar.close()
-        if sink is not sys.stdout:
-            sink.close()
     elapsed = time.perf_counter() - begin
     rate = len(requests) / elapsed if elapsed > 0 else 0.0
     print(
