@@ -10,7 +10,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from engine.errors import GraphError
+from engine.errors import GraphError, PlacementError
 from engine.graph import Analysis, NodeInfo, analyze, parse_ref
 from engine.placement import Device, PlacementRequest, inventory, place
 from engine.plan import NodePlan, Plan
@@ -83,11 +83,16 @@ def _placement_request(spec: PipelineSpec, info: NodeInfo) -> PlacementRequest:
         return fallback
 
     assert info.kind is not None and info.params is not None
+    where = f"{spec.file}:{spec.line(f'nodes.{info.name}')}: "
+    try:
+        memory = int(info.kind.memory_bytes(info.params))
+    except Exception as exc:
+        raise PlacementError(f"{where}node {info.name!r}: no memory estimate: {exc}") from exc
     return PlacementRequest(
         node=info.name,
         device=pick("device", "auto"),
         instances=pick("instances", 1),
         devices=tuple(pick("devices", ())),
-        memory_bytes=int(info.kind.memory_bytes(info.params)),
-        where=f"{spec.file}:{spec.line(f'nodes.{info.name}')}: ",
+        memory_bytes=memory,
+        where=where,
     )

@@ -167,6 +167,9 @@ class _Checker:
                 )
             )
             return
+        except Exception as exc:  # noqa: BLE001 - a validator that raised outside pydantic's types
+            self.add("E-PARAMS-VALUE", f"{base}.params", f"{info.spec.kind} params: {exc}")
+            return
         try:
             info.ports = info.kind.ports(info.params)
         except Exception as exc:  # noqa: BLE001 - a kind bug or params it refuses

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.condition import ConditionError, parse_condition
 from nodes.base import TensorSpec
@@ -123,3 +125,18 @@ def test_runtime_errors_name_the_input():
         parse_condition("texts == 'a'").evaluate(VALUES)
     with pytest.raises(ConditionError, match="cannot compare"):
         parse_condition("query > 1").evaluate(VALUES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab1.'\"()<>=!- andortlenx_", max_size=30))
+def test_any_text_parses_or_raises_a_condition_error(text):
+    try:
+        cond = parse_condition(text)
+    except ConditionError as exc:
+        assert 1 <= exc.column <= len(text) + 1
+        return
+    values = {name: np.array([1]) for name in cond.names}
+    try:
+        assert cond.evaluate(values) in (True, False)
+    except ConditionError:
+        pass  # e.g. comparing a string with a number

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import field_validator
+
 from engine.graph import check, parse_ref, shapes_compatible
 from engine.plan import Source
 from engine.spec import load_spec, parse_spec
+from nodes.base import Node, NodeParams, Ports, TensorSpec
+from nodes.registry import register
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -294,3 +298,48 @@ nodes:
 """
     )
     assert [(i.code, i.line) for i in found] == [("E-PLACEMENT-CONFLICT", 10)]
+
+
+class _FussyParams(NodeParams):
+    path: str = "x"
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        if value == "missing":
+            raise FileNotFoundError(f"no such file: {value}")  # not a ValueError: escapes pydantic
+        return value
+
+
+@register
+class _FussyNode(Node):
+    kind = "t_fussy"
+    Params = _FussyParams
+
+    @classmethod
+    def ports(cls, params):
+        if params.path == "noports":
+            raise ValueError("cannot read the ports of noports")
+        return Ports(inputs={"text": TensorSpec("BYTES", (1,))}, outputs={})
+
+
+def test_kinds_that_raise_become_issues():
+    found = issues(
+        """\
+outputs: {out: $inputs.query}
+nodes:
+  a:
+    kind: t_fussy
+    params: {path: missing}
+    inputs: {text: $inputs.query}
+  b:
+    kind: t_fussy
+    params: {path: noports}
+    inputs: {text: $inputs.query}
+"""
+    )
+    errors = [(i.code, i.line, i.message) for i in found if i.severity == "error"]
+    assert errors == [
+        ("E-PARAMS-VALUE", 9, "t_fussy params: no such file: missing"),
+        ("E-KIND-PORTS", 13, "t_fussy: cannot read the ports of noports"),
+    ]
