@@ -13,11 +13,20 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.errors import Issue, SpecError
 from engine.yaml_loader import LineMap, dotted, load_yaml
-from nodes.dtypes import DTYPES
+from nodes.dtypes import DTYPES, numpy_dtype
 
 API_VERSION = "pipectl/v1"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
@@ -45,6 +54,17 @@ class InputSpec(_Strict):
         if any(d < -1 or d == 0 for d in value):
             raise ValueError(f"dimensions are positive or -1 (variable), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _default_fits_dtype(self) -> InputSpec:
+        if self.default is not None and self.dtype != "BYTES":
+            try:
+                np.asarray(self.default).astype(numpy_dtype(self.dtype), casting="same_kind")
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"default {self.default!r} is not a valid {self.dtype} value"
+                ) from None
+        return self
 
 
 class BatchingSpec(_Strict):
@@ -182,7 +202,8 @@ def validation_issues(
             suffix, message = "MISSING", f"missing required field {loc[-1]!r}"
         else:
             suffix = "VALUE"
-            message = f"{dotted(loc) or 'value'}: {err['msg']}"
+            text = err["msg"].removeprefix("Value error, ")
+            message = f"{dotted(loc) or 'value'}: {text}"
             hint = _PATTERN_HINTS.get(err.get("ctx", {}).get("pattern", ""), "")
             if "input" in err and not isinstance(err["input"], dict | list):
                 message += f" (got {json.dumps(err['input'], default=str)})"

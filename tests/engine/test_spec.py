@@ -151,3 +151,15 @@ def test_value_errors_carry_a_hint_for_patterns_and_zero_sized_shapes():
         "devices are auto, cpu, cuda (any GPU) or cuda:N"
     )
     assert "dimensions are positive or -1" in issues["inputs.query.shape"].message
+
+
+def test_an_input_default_must_fit_its_dtype():
+    text = GOOD.replace(
+        "  query: {dtype: BYTES, shape: [1]}\n",
+        "  query: {dtype: BYTES, shape: [1]}\n  top_k: {dtype: INT64, shape: [1], default: many}\n",
+    )
+    (issue,) = errors_of(text)
+    assert (issue.code, issue.line, issue.path) == ("E-SPEC-VALUE", 5, "inputs.top_k")
+    assert issue.message == "inputs.top_k: default 'many' is not a valid INT64 value"
+    spec = parse_spec(text.replace("default: many", "default: 5, optional: true"))
+    assert spec.inputs["top_k"].default == 5
