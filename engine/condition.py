@@ -233,6 +233,24 @@ class Condition:
         _type_of(self.root, types, errors)
         return errors
 
+    def constant_lengths(self, types: dict[str, TensorSpec]) -> list[ConditionError]:
+        """`len(x)` where x's shape is fixed: always the same element count (a likely mistake:
+        the length of a BYTES [1] text is 1, not the number of characters)."""
+        notes = []
+        for node in _walk(self.root):
+            if isinstance(node, Len) and isinstance(node.arg, Name):
+                spec = types.get(node.arg.name)
+                if spec is not None and all(d >= 0 for d in spec.shape):
+                    count = int(np.prod(spec.shape)) if spec.shape else 1
+                    notes.append(
+                        ConditionError(
+                            f"len({node.arg.name}) is always {count}: the element count of a "
+                            f"{spec.dtype} {list(spec.shape)} tensor",
+                            node.col,
+                        )
+                    )
+        return notes
+
 
 def parse_condition(text: str) -> Condition:
     """Parse a `when:` expression once; raises ConditionError with the column of the problem."""
@@ -240,16 +258,19 @@ def parse_condition(text: str) -> Condition:
     return Condition(text, root, frozenset(_names(root)))
 
 
-def _names(node) -> set[str]:
-    if isinstance(node, Name):
-        return {node.name}
-    if isinstance(node, Len | Not):
-        return _names(node.arg if isinstance(node, Len) else node.item)
-    if isinstance(node, Compare):
-        return _names(node.left) | _names(node.right)
+def _walk(node):
+    """Every node of the tree, depth first."""
+    yield node
+    children = {Len: ("arg",), Not: ("item",), Compare: ("left", "right")}.get(type(node), ())
+    for attr in children:
+        yield from _walk(getattr(node, attr))
     if isinstance(node, BoolOp):
-        return set().union(*(_names(i) for i in node.items))
-    return set()
+        for item in node.items:
+            yield from _walk(item)
+
+
+def _names(node) -> set[str]:
+    return {n.name for n in _walk(node) if isinstance(n, Name)}
 
 
 # --- static types: "number", "string", "bool", "array" (several elements), "any" (unknown) ---

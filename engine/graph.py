@@ -33,6 +33,7 @@ Codes (stable; tests and tools match on them):
     W-UNUSED-OUTPUT        no node and no pipeline output reads any output of a node
     W-UNREACHABLE-NODE     no pipeline output depends on a node, so it never runs
     W-UNUSED-INPUT         no node reads a pipeline input
+    W-COND-CONSTANT        a condition takes len() of a fixed-shape port (always the same)
 """
 
 from __future__ import annotations
@@ -386,6 +387,8 @@ class _Checker:
                 )
         for err in cond.type_errors(types):
             self.add("E-COND-TYPE", path, f"node {info.name!r}: when: {err}")
+        for note in cond.constant_lengths(types):
+            self.add("W-COND-CONSTANT", path, f"node {info.name!r}: when: {note}", "", "warning")
 
     def check_usage(self) -> None:
         consumed = {(s.node, s.port) for i in self.nodes.values() for s in i.sources.values()}

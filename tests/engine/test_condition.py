@@ -140,3 +140,12 @@ def test_any_text_parses_or_raises_a_condition_error(text):
         assert cond.evaluate(values) in (True, False)
     except ConditionError:
         pass  # e.g. comparing a string with a number
+
+
+def test_len_of_a_fixed_shape_is_flagged_as_constant():
+    cond = parse_condition("len(query) > 5 or len(texts) > 2 or len(pair) == 2")
+    notes = cond.constant_lengths(TYPES)
+    assert [(n.column, str(n).split(":")[0]) for n in notes] == [
+        (1, "len(query) is always 1"),
+        (37, "len(pair) is always 2"),
+    ]
