@@ -304,8 +304,11 @@ class _Checker:
         own = info.spec.batching
         where = f"nodes.{info.name}.batching" if own is not None else "defaults.batching"
 
+        def own_sets(name: str) -> bool:
+            return own is not None and getattr(own, name) is not None
+
         def path(name: str) -> str:
-            if own is not None and getattr(own, name) is not None:
+            if own_sets(name):
                 return f"nodes.{info.name}.batching.{name}"
             return (
                 f"defaults.batching.{name}"
@@ -316,7 +319,7 @@ class _Checker:
         limit = info.kind.max_batch_size
         mbs = merged.get("max_batch_size", BatchPolicy.max_batch_size)
         if mbs > limit:
-            if own is not None and own.max_batch_size is not None:
+            if own_sets("max_batch_size"):
                 self.add(
                     "E-BATCH-TOO-LARGE",
                     path("max_batch_size"),
@@ -326,7 +329,11 @@ class _Checker:
                 )
             mbs = limit  # an inherited default larger than the kind allows is clamped
         merged["max_batch_size"] = mbs
-        for size in merged.get("preferred_batch_sizes", ()):
+        preferred = merged.get("preferred_batch_sizes", ())
+        if not own_sets("preferred_batch_sizes") and not own_sets("max_batch_size"):
+            # both inherited: keep the defaults usable by kinds with a smaller limit
+            preferred = merged["preferred_batch_sizes"] = tuple(p for p in preferred if p <= mbs)
+        for size in preferred:
             if size > mbs:
                 self.add(
                     "E-BATCH-PREFERRED",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import field_validator
 
-from engine.graph import check, parse_ref, shapes_compatible
+from engine.graph import analyze, check, parse_ref, shapes_compatible
 from engine.plan import Source
 from engine.spec import load_spec, parse_spec
 from nodes.base import Node, NodeParams, Ports, TensorSpec
@@ -176,11 +176,10 @@ nodes:
 
 
 def test_batching_limits():
-    found = issues(
-        """\
+    text = """\
 outputs: {v: enc.vector, t: fmt.text}
 defaults:
-  batching: {max_batch_size: 32, preferred_batch_sizes: [4, 8]}
+  batching: {max_batch_size: 32, preferred_batch_sizes: [4, 8, 32]}
 nodes:
   enc:
     kind: t_embed
@@ -195,15 +194,20 @@ nodes:
     inputs: {text: $inputs.query}
     batching: {max_batch_size: 4}
 """
-    )
-    # enc inherits 32 from defaults, above its 16: clamped, not an error
+    found = issues(text)
+    # enc inherits 32 from defaults, above its 16: clamped, not an error; its inherited
+    # preferred sizes stay within the clamped limit
     assert [(i.code, i.line) for i in found if i.severity == "error"] == [
-        ("E-BATCH-PREFERRED", 7),  # fmt2's inherited preferred size 8 > its own 4
+        ("E-BATCH-PREFERRED", 7),  # fmt2's inherited preferred sizes 8 and 32 > its own 4
+        ("E-BATCH-PREFERRED", 7),
         ("E-BATCH-TOO-LARGE", 16),
         ("E-BATCH-PRIORITY", 16),
     ]
-    assert "above the 64 that kind 't_text' supports" in found[1].message
+    assert "above the 64 that kind 't_text' supports" in found[2].message
     assert "'fmt2': preferred batch size 8 is above max_batch_size 4" in found[0].message
+    assert "'fmt2': preferred batch size 32 is above max_batch_size 4" in found[1].message
+    enc = analyze(parse_spec(HEAD + text)).nodes["enc"].batching
+    assert (enc.max_batch_size, enc.preferred_batch_sizes) == (16, (4, 8))
 
 
 def test_conditions_are_checked_against_the_ports():
