@@ -72,6 +72,15 @@ class Batcher:
         self._levels = max(1, self.policy.priority_levels)
         self._queues: list[deque[WorkItem]] = [deque() for _ in range(self._levels)]
         self._size = 0
+        self._idle = 0  # workers waiting on an empty queue
+        # a worker waiting out max_queue_delay_ms is only woken once a batch can go: waking it
+        # on every put costs a thread switch per item
+        preferred = self.policy.preferred_batch_sizes
+        self._wake_size = (
+            min(self.policy.max_batch_size, *preferred)
+            if preferred
+            else (self.policy.max_batch_size)
+        )
         self._cond = threading.Condition(threading.Lock())
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -153,7 +162,8 @@ class Batcher:
                 level = min(max(item.priority or default, 1), self._levels)
                 self._queues[level - 1].append(item)
                 self._size += 1
-            self._cond.notify()
+            if self._idle or self._size >= self._wake_size:
+                self._cond.notify()
         if rejected:
             with self._stats_lock:
                 self._stats["rejected"] += len(rejected)
@@ -182,7 +192,9 @@ class Batcher:
                 if self._size == 0:
                     if self._stopping:
                         return None
+                    self._idle += 1
                     self._cond.wait()
+                    self._idle -= 1
                     continue
                 take = min(self._size, max_size)
                 if take < max_size and delay_ns > 0 and not self._stopping:

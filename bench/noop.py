@@ -1,0 +1,131 @@
+"""No-op pipeline: four chained `python` identity nodes run in-process; measures the engine alone.
+
+    .venv/bin/python bench/noop.py [--seconds 5] [--concurrency 32] [--delay-ms 0]
+
+Runs the same pipeline with dynamic batching (max_batch_size 32) and with max_batch_size 1, one
+after the other in one process, and prints markdown rows: requests/s at the given concurrency,
+engine cost per node hop (1 / (requests/s x hops)), latency percentiles, mean batch size, the
+process CPU time per hop (all threads; steadier than wall time on a shared machine) and the
+latency per hop of a lone request (concurrency 1). Target: >= 10,000 requests/s at 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.compiler import compile_file
+from engine.executor import Executor
+from engine.placement import GIB, Device
+
+HOPS = 4
+FUNCTION = "def identity(items):\n    return [{'y': item['x']} for item in items]\n"
+
+
+def pipeline_text(max_batch_size: int, delay_ms: float) -> str:
+    nodes = []
+    for i in range(HOPS):
+        source = "$inputs.x" if i == 0 else f"n{i - 1}.y"
+        nodes.append(
+            f"  n{i}:\n    kind: python\n"
+            "    params: {function: noop_fns.py:identity, inputs: {x: {dtype: BYTES, shape: [1]}},"
+            " outputs: {y: {dtype: BYTES, shape: [1]}}}\n"
+            f"    inputs: {{x: {source}}}\n"
+        )
+    return (
+        "apiVersion: pipectl/v1\nname: noop\n"
+        "inputs: {x: {dtype: BYTES, shape: [1]}}\n"
+        f"outputs: {{y: n{HOPS - 1}.y}}\n"
+        f"defaults: {{batching: {{max_batch_size: {max_batch_size}, "
+        f"max_queue_delay_ms: {delay_ms}}}}}\n"
+        "nodes:\n" + "".join(nodes)
+    )
+
+
+async def drive(executor: Executor, concurrency: int, seconds: float) -> list[float]:
+    """Closed loop: `concurrency` clients submit back to back for `seconds`; latencies in s."""
+    inputs = {"x": np.array([b"ping"], dtype=object)}
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while (now := time.perf_counter()) < stop:
+            await executor.submit(inputs)
+            latencies.append(time.perf_counter() - now)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies
+
+
+def measure(folder: Path, max_batch_size: int, args) -> dict:
+    path = folder / f"noop_{max_batch_size}.yaml"
+    path.write_text(pipeline_text(max_batch_size, args.delay_ms))
+    executor = Executor(compile_file(path, devices=[Device("cpu", "cpu", 32 * GIB)]))
+    executor.start()
+    try:
+        asyncio.run(drive(executor, args.concurrency, 0.5))  # warm-up
+        before = executor.statistics()
+        begin, cpu = time.perf_counter(), time.process_time()
+        latencies = asyncio.run(drive(executor, args.concurrency, args.seconds))
+        elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
+        after = executor.statistics()
+        lone = asyncio.run(drive(executor, 1, min(args.seconds, 1.0)))
+    finally:
+        executor.stop()
+    batches = sum(after[n]["batches"] - before[n]["batches"] for n in after)
+    items = sum(after[n]["success"] - before[n]["success"] for n in after)
+    latencies.sort()
+    rate = len(latencies) / elapsed
+    return {
+        "max_batch_size": max_batch_size,
+        "rate": rate,
+        "hop_us": 1e6 / (rate * HOPS),
+        "cpu_hop_us": cpu * 1e6 / (len(latencies) * HOPS),
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        "mean_batch": items / batches if batches else 0.0,
+        "lone_hop_us": statistics.median(lone) * 1e6 / HOPS,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="max_queue_delay_ms")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "noop_fns.py").write_text(FUNCTION)
+        for max_batch_size in (32, 1):
+            rows.append(measure(folder, max_batch_size, args))
+    print(
+        f"\nno-op pipeline, {HOPS} python nodes, {args.concurrency} concurrent, in-process, "
+        f"max_queue_delay_ms {args.delay_ms:g}, {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        "| max_batch_size | requests/s | µs per hop | p50 ms | p99 ms | mean batch "
+        "| CPU µs per hop | lone request µs per hop |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['max_batch_size']} | {r['rate']:,.0f} | {r['hop_us']:.1f} | {r['p50_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r['mean_batch']:.1f} | {r['cpu_hop_us']:.1f} "
+            f"| {r['lone_hop_us']:.0f} |"
+        )
+    print(f"\nbatching / max_batch_size 1: {rows[0]['rate'] / rows[1]['rate']:.1f}x requests/s")
+
+
+if __name__ == "__main__":
+    main()
