@@ -26,6 +26,9 @@ from engine.result import NodeTrace, Result
 from engine.tensors import coerce_input, to_jsonable
 from nodes.base import TensorSpec
 
+MAX_NUMBERS = 8  # numbers shown per output in text mode
+MAX_CHARS = 240  # characters shown per listed text in text mode
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -175,6 +178,7 @@ async def _run_one(executor, inputs: dict, outputs: list[str] | None, args) -> i
     wanted = list(plan.outputs) if outputs is None else outputs
     streamed = [o for o in wanted if _is_streamed(plan, o)]
     text = args.format == "text"
+    begin = time.perf_counter()
     try:
         if text and streamed:
             result = await _stream_to_terminal(executor, inputs, outputs, streamed, args.timeout)
@@ -186,6 +190,7 @@ async def _run_one(executor, inputs: dict, outputs: list[str] | None, args) -> i
     if text:
         sys.stdout.write(format_outputs(result, skip=streamed))
         sys.stdout.write("\n" + format_timings(plan, result.trace))
+        print(f"total {(time.perf_counter() - begin) * 1e3:.1f} ms")
         if args.trace:
             print(json.dumps([t.to_dict() for t in result.trace], indent=2))
     else:
@@ -229,24 +234,26 @@ def _as_text(arr: np.ndarray) -> str:
 
 
 def format_outputs(result: Result, skip: list[str] = ()) -> str:
-    """Each output on its line; several values as a numbered list (long ones shortened)."""
+    """Each output on its line: numbers inline (long ones shortened), several texts as a
+    numbered list with each entry on one line (long ones shortened)."""
     lines = []
     for name, arr in result.outputs.items():
         if name in skip:
             continue
-        values = to_jsonable(arr)
-        flat = values if isinstance(values, list) else [values]
+        flat = arr.reshape(-1)
         if arr.size == 1:
-            lines.append(f"{name}: {_scalar(arr.reshape(-1)[0])}")
-            continue
-        if arr.ndim == 1 and arr.dtype != object and arr.size > 8:
-            shown = ", ".join(_scalar(v) for v in arr[:8])
-            lines.append(f"{name}: [{shown}, ...] ({arr.size} values)")
-            continue
-        lines.append(f"{name}:")
-        for index, value in enumerate(flat, 1):
-            text = value if isinstance(value, str) else json.dumps(value)
-            lines.append(f"  [{index}] {text}")
+            lines.append(f"{name}: {_scalar(flat[0])}")
+        elif arr.dtype != object:
+            shown = ", ".join(_scalar(v) for v in flat[:MAX_NUMBERS])
+            more = f", ... ({arr.size} values, shape {list(arr.shape)})"
+            lines.append(f"{name}: [{shown}{more if arr.size > MAX_NUMBERS else ''}]")
+        else:
+            lines.append(f"{name}:")
+            for index, value in enumerate(flat, 1):
+                text = " ".join(_scalar(value).split())
+                if len(text) > MAX_CHARS:
+                    text = text[: MAX_CHARS - 1] + "…"
+                lines.append(f"  [{index}] {text}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -52,8 +52,9 @@ def test_one_request_prints_outputs_and_a_timing_table(write_pipeline, capsys):
     assert "upper: HELLO WORLD\n" in out and "n: 11\n" in out
     table = out.split("\n\n", 1)[1].splitlines()
     assert table[0].split() == ["node", "queue", "ms", "batch", "compute", "ms"]
-    assert [row.split()[0] for row in table[1:]] == ["up", "count"]
-    assert all(row.split()[2] == "1" for row in table[1:])
+    assert [row.split()[0] for row in table[1:3]] == ["up", "count"]
+    assert all(row.split()[2] == "1" for row in table[1:3])
+    assert table[3].startswith("total ") and table[3].endswith(" ms")
 
 
 def test_json_output_with_a_subset_and_the_trace(write_pipeline, capsys):

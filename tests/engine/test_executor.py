@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.compiler import compile_file
-from engine.errors import DeadlineExceeded, InvalidInput, NodeError, QueueFull
+from engine.errors import DeadlineExceeded, InvalidInput, NodeError, QueueFull, Unavailable
 from engine.executor import Executor
 from engine.placement import GIB, Device
 
@@ -281,3 +281,33 @@ def test_leaving_a_stream_early_closes_the_node_stream(start):
 
     asyncio.run(main())
     assert fns.EchoStream.closed_early == before + 1
+
+
+def test_a_node_that_cannot_load_fails_start(write_pipeline):
+    text = HEAD + "outputs: {y: a.y}\nnodes:" + fn_node("a", "no_such_function", "$inputs.x")
+    executor = Executor(compile_file(write_pipeline(text), devices=CPU))
+    with pytest.raises(Unavailable, match="node 'a' .*no function 'no_such_function'"):
+        executor.start()
+    with pytest.raises(Unavailable, match="not started"):
+        executor.submit_sync(x(1))
+
+
+def test_requests_from_two_loops_share_one_batch(start):
+    ex = start(
+        HEAD
+        + "outputs: {y: a.y}\nnodes:"
+        + fn_node("a", "double", "$inputs.x", "max_batch_size: 2, max_queue_delay_ms: 2000")
+    )
+
+    async def main():
+        mine = asyncio.create_task(ex.submit(x(1)))
+        await asyncio.sleep(0.02)
+        # the executor's own loop (submit_sync) sends the second item of the batch
+        theirs = await asyncio.to_thread(ex.submit_sync, x(2))
+        return (await mine), theirs
+
+    begin = time.monotonic()
+    mine, theirs = asyncio.run(main())
+    assert time.monotonic() - begin < 1.0  # the batch filled; nobody waited for the delay
+    assert mine.outputs["y"].tolist() == [2.0] and theirs.outputs["y"].tolist() == [4.0]
+    assert ex.statistics()["a"]["batch_sizes"] == {2: 1}
