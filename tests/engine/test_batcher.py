@@ -94,7 +94,7 @@ def running():
 
 def test_batches_fill_up_to_max_size_and_the_rest_waits_for_the_delay(node_plan, running):
     out = Collector()
-    batcher = running(node_plan("double", max_batch_size=4, max_queue_delay_ms=150), out)
+    batcher = running(node_plan("double", max_batch_size=4, max_queue_delay_ms=300), out)
     start = time.monotonic()
     batcher.put(items(*range(10)))
     done = out.wait(10)
@@ -102,8 +102,8 @@ def test_batches_fill_up_to_max_size_and_the_rest_waits_for_the_delay(node_plan,
     assert batcher.statistics()["batch_sizes"] == {2: 1, 4: 2}
     full = [t - start for d, t in zip(done, out.times, strict=True) if d.batch_size == 4]
     rest = [t - start for d, t in zip(done, out.times, strict=True) if d.batch_size == 2]
-    assert max(full) < 0.1  # full batches go at once
-    assert min(rest) >= 0.14  # the partial one waited for max_queue_delay_ms
+    assert max(full) < 0.2  # full batches go at once
+    assert min(rest) >= 0.29  # the partial one waited for max_queue_delay_ms
     assert all(d.queue_ns >= 0 and d.compute_ns > 0 for d in done)
 
 
@@ -214,13 +214,13 @@ def test_a_wrong_result_count_is_caught_and_bisected(node_plan, running):
 
 def test_instances_take_batches_in_parallel(node_plan, running):
     out = Collector()
-    plan = node_plan("sleep", {"seconds": 0.3}, instances=2, max_batch_size=1, max_queue_delay_ms=0)
+    plan = node_plan("sleep", {"seconds": 0.5}, instances=2, max_batch_size=1, max_queue_delay_ms=0)
     batcher = running(plan, out)
     assert batcher.statistics()["instances"] == 2
     start = time.monotonic()
     batcher.put(items(1, 2))
     out.wait(2)
-    assert time.monotonic() - start < 0.55
+    assert time.monotonic() - start < 0.9  # serial would take 1.0
 
 
 def test_stop_without_drain_rejects_what_is_queued(node_plan):

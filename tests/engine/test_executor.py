@@ -89,8 +89,8 @@ def test_branches_run_concurrently_and_join(start):
     ex = start(
         HEAD
         + "outputs: {sum: join.y}\nnodes:"
-        + fn_node("left", "sleep", "$inputs.x", extra=", kwargs: {seconds: 0.3}")
-        + fn_node("right", "sleep", "$inputs.x", extra=", kwargs: {seconds: 0.3}")
+        + fn_node("left", "sleep", "$inputs.x", extra=", kwargs: {seconds: 0.5}")
+        + fn_node("right", "sleep", "$inputs.x", extra=", kwargs: {seconds: 0.5}")
         + f"""
   join:
     kind: python
@@ -100,7 +100,7 @@ def test_branches_run_concurrently_and_join(start):
     )
     begin = time.monotonic()
     assert ex.submit_sync(x(5)).outputs["sum"].tolist() == [10.0]
-    assert time.monotonic() - begin < 0.55  # not 0.6: the branches overlapped
+    assert time.monotonic() - begin < 0.9  # not 1.0: the branches overlapped
 
 
 def test_requests_from_a_callers_loop_are_batched_and_a_failure_stays_with_its_request(start):
