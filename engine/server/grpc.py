@@ -131,7 +131,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            model = self.repo.get(request.model_name, request.model_version)
             outputs = await self.repo.infer(
                 request.model_name,
                 decode_inputs(request),
@@ -145,7 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version="1", id=request.id
         )
-        encode_outputs(model, outputs, response)
+        encode_outputs(self.repo.models[request.model_name], outputs, response)
         return response
 
     async def ModelStreamInfer(self, request_iterator, context):

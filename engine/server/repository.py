@@ -98,6 +98,16 @@ class ServedModel:
     def decoupled(self) -> bool:
         return bool(self.streamed)
 
+    def __post_init__(self) -> None:
+        from nodes.dtypes import numpy_dtype
+
+        self.numpy_dtypes = {n: numpy_dtype(s.dtype) for n, s in self.inputs.items()}
+
+    def where(self, input_name: str) -> str:
+        """`input 'x' of model 'm' (read by node a, b)`, for error messages."""
+        nodes = ", ".join(self.consumers(input_name))
+        return f"input {input_name!r} of model {self.name!r} (read by node {nodes})"
+
     def consumers(self, input_name: str) -> list[str]:
         """The nodes that read a model input (for error messages)."""
         return [
@@ -218,23 +228,22 @@ class Repository:
         batch = None
         for name, array in inputs.items():
             spec = model.inputs[name]
-            where = f"input {name!r} of model {model.name!r} (read by node "
-            where += f"{', '.join(model.consumers(name))})"
-            got = kserve_dtype(array.dtype)
-            if got != spec.dtype:
-                raise InvalidInput(f"{where}: datatype {got}, expected {spec.dtype}")
-            want = ["batch", *spec.shape]
-            shape_ok = array.ndim == len(spec.shape) + 1 and all(
-                w == -1 or w == g for w, g in zip(spec.shape, array.shape[1:], strict=True)
-            )
-            if not shape_ok:
-                raise InvalidInput(f"{where}: shape {list(array.shape)}, expected {want}")
-            if batch is not None and array.shape[0] != batch:
+            if array.dtype != model.numpy_dtypes[name]:
+                raise InvalidInput(
+                    f"{model.where(name)}: datatype {kserve_dtype(array.dtype)}, expected {spec.dtype}"
+                )
+            shape = array.shape
+            if len(shape) != len(spec.shape) + 1 or any(
+                w != -1 and w != g for w, g in zip(spec.shape, shape[1:], strict=False)
+            ):
+                want = ["batch", *spec.shape]
+                raise InvalidInput(f"{model.where(name)}: shape {list(shape)}, expected {want}")
+            if batch is not None and shape[0] != batch:
                 raise InvalidInput(
                     f"model {model.name!r}: inputs disagree on the batch size "
-                    f"({batch} and {array.shape[0]} for {name!r})"
+                    f"({batch} and {shape[0]} for {name!r})"
                 )
-            batch = array.shape[0]
+            batch = shape[0]
         for name in outputs or ():
             if name not in model.outputs:
                 raise InvalidInput(
