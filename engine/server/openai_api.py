@@ -7,7 +7,7 @@ seed, ...) are passed to it. The answer is the first streamed BYTES output (the 
 else the first BYTES output. `usage` comes from pipeline outputs `prompt_tokens` and
 `completion_tokens` when the pipeline has them; otherwise completion tokens count the streamed
 deltas (one per token from the llm node) and prompt tokens are reported as 0.
-Embeddings use the first FP32 output with one dimension.
+Embeddings use the first FP32 vector output (one dimension, not of size 1).
 """
 
 from __future__ import annotations
@@ -239,7 +239,11 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise InvalidInput("'input' must be a string or a non-empty list of strings")
-        vectors = [n for n, s in model.outputs.items() if s.dtype == "FP32" and len(s.shape) == 1]
+        vectors = [
+            n
+            for n, s in model.outputs.items()
+            if s.dtype == "FP32" and len(s.shape) == 1 and s.shape[0] != 1
+        ]
         if not vectors:
             raise InvalidInput(f"pipeline {model.name!r} has no FP32 vector output to embed with")
         name = next((n for n in ("text", "input") if n in model.inputs), None) or _bytes_input(
