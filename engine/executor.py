@@ -310,13 +310,26 @@ class Executor:
 
     # ---- statistics --------------------------------------------------------------------------
     def statistics(self) -> dict[str, dict]:
-        """Per node: success/failure counts, queue and compute ns totals, batch size histogram."""
+        """Per node: success/failure counts, queue and compute ns totals, batch size histogram.
+        Streaming nodes report `streaming: True`, and, when the node has `statistics()`, its
+        numbers under the node's kind name (e.g. `llm`)."""
         stats: dict[str, dict] = {}
         for name in self.plan.nodes:
             if name in self.batchers:
                 stats[name] = self.batchers[name].statistics()
             elif name in self._stream_stats:
                 stats[name] = dict(self._stream_stats[name], streaming=True)
+                engines = [
+                    n.statistics()  # type: ignore[attr-defined]
+                    for n in self._streamers.get(name, [])
+                    if callable(getattr(n, "statistics", None))
+                ]
+                if engines:  # the node's own gauges (e.g. the LLM engine's), summed over instances
+                    merged: dict[str, float] = {}
+                    for engine_stats in engines:
+                        for key, value in engine_stats.items():
+                            merged[key] = merged.get(key, 0) + value
+                    stats[name][self.plan.nodes[name].kind] = merged
         return stats
 
 

@@ -86,7 +86,11 @@ class EchoStream(Node):
             outputs={"text": TensorSpec("BYTES", (1,)), "n": TensorSpec("INT64", (1,))},
         )
 
+    def statistics(self) -> dict[str, int]:
+        return {"streams": self.streams}
+
     async def stream(self, item):
+        self.streams = getattr(self, "streams", 0) + 1
         text = item["text"][0]
         finished = False
         try:

@@ -267,6 +267,8 @@ def test_streamed_outputs_come_as_deltas_and_flow_on_whole(start):
     assert final.result.outputs["text"].tolist() == [b"hello"]
     plain = ex.submit_sync({"text": np.array(["hi"], dtype=object)})
     assert plain.outputs["text"].tolist() == [b"hi"] and plain.outputs["n"].tolist() == [2]
+    stats = ex.statistics()["echo"]
+    assert stats["streaming"] and stats["success"] == 2 and stats["test_stream"] == {"streams": 2}
 
 
 def test_leaving_a_stream_early_closes_the_node_stream(start):
