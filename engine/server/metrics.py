@@ -3,8 +3,9 @@ pays nothing for them.
 
 Per node (labels pipeline, node): successes, failures, queue and compute seconds, batches, the
 batch-size histogram, items queued now. Per model (label model): requests and their seconds.
-Per LLM node that offers `llm_stats()` through the executor: running and waiting sequences, KV
-blocks in use, prefix-cache hit rate, tokens/s.
+A streaming node that reports its own statistics (the LLM engine: running and waiting sequences,
+KV blocks in use, prefix-cache hit rate, tokens/s) has each number as a gauge
+`pipectl_<kind>_<name>`, e.g. `pipectl_llm_running`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,6 @@ from engine.server.describe import node_statistics
 from engine.server.repository import Repository
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-LLM_GAUGES = {
-    "running": "sequences being decoded",
-    "waiting": "sequences waiting for a slot",
-    "kv_blocks_used": "KV-cache blocks in use",
-    "kv_blocks_total": "KV-cache blocks in all",
-    "prefix_cache_hit_rate": "share of prompt tokens served from the prefix cache",
-    "tokens_per_second": "generated tokens per second, recent",
-}
 
 
 class PipelineCollector:
@@ -53,10 +46,7 @@ class PipelineCollector:
             "fail": CounterMetricFamily("pipectl_requests_failure", "requests failed", labels=["model"]),
             "seconds": CounterMetricFamily("pipectl_request_seconds", "time spent answering requests", labels=["model"]),
         }  # fmt: skip
-        llm = {
-            key: GaugeMetricFamily(f"pipectl_llm_{key}", doc, labels=labels)
-            for key, doc in LLM_GAUGES.items()
-        }
+        gauges: dict[str, GaugeMetricFamily] = {}  # a node's own statistics, by metric name
         for model in self.repo.models.values():
             st = model.stats
             req["ok"].add_metric([model.name], st.success_count)
@@ -76,17 +66,26 @@ class PipelineCollector:
                 buckets.append((str(bound), running))
             buckets.append(("+Inf", sum(sizes.values())))
             hist.add_metric(key, buckets, sum(size * n for size, n in sizes.items()))
-            executor = self.repo.models[model.pipeline].executor
-            stats = executor.statistics().get(model.node, {}) if executor is not None else {}
-            queued.add_metric(key, stats.get("queued", 0))
-            for gauge_key, value in (stats.get("llm") or {}).items():
-                if gauge_key in llm:
-                    llm[gauge_key].add_metric(key, float(value))
+            queued.add_metric(key, s["queued"])
+            kind = model.plan.nodes[model.node].kind
+            for name, value in (s["own"] or {}).items():
+                if not isinstance(value, int | float):
+                    continue
+                metric = _metric_name(f"pipectl_{kind}_{name}")
+                if metric not in gauges:
+                    gauges[metric] = GaugeMetricFamily(
+                        metric, f"{kind} node: {name}", labels=labels
+                    )
+                gauges[metric].add_metric(key, float(value))
         yield from c.values()
         yield hist
         yield queued
         yield from req.values()
-        yield from llm.values()
+        yield from gauges.values()
+
+
+def _metric_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in text)
 
 
 def _bucket(size: int) -> int:
