@@ -46,8 +46,8 @@ class Launches:
             try:
                 rejected = batcher.put(items)
             except Unavailable as exc:
-                rejected, error = items, exc
-                for item in rejected:
+                for item in items:
+                    error = Unavailable(str(exc), node=exc.node, request_id=item.request_id)
                     item.ticket.fail(error)  # type: ignore[attr-defined]
                 continue
             for item in rejected:
@@ -168,18 +168,10 @@ class RequestRun(Ticket):
                 if count == 0:
                     values.pop(key, None)
             if not missing and step.condition is not None:
-                try:
-                    missing = not step.condition.evaluate(item)  # type: ignore[attr-defined]
-                except Exception as exc:  # noqa: BLE001 - e.g. a comparison of bad types
-                    self.fail(
-                        NodeError(
-                            f"condition of node {step.name!r} failed on request "
-                            f"{self.request_id!r}: {exc}",
-                            node=step.name,
-                            request_id=self.request_id,
-                        )
-                    )
+                taken = self._condition(step.name, step.condition, item)
+                if taken is None:
                     return
+                missing = not taken
             if missing:
                 self._skip(step.name, ready)
             elif step.streaming:
@@ -192,6 +184,23 @@ class RequestRun(Ticket):
                     batcher,
                     WorkItem(item, self.request_id, self, self.priority, self.deadline_ns),
                 )
+
+    def _condition(self, name: str, condition: Any, item: dict[str, np.ndarray]) -> bool | None:
+        """Whether a node's `when:` holds. It does not when it reads an absent optional input;
+        one that cannot be evaluated fails the request (None)."""
+        if not condition.names <= item.keys():
+            return False
+        try:
+            return bool(condition.evaluate(item))
+        except Exception as exc:  # noqa: BLE001 - e.g. a comparison of bad types
+            self.fail(
+                NodeError(
+                    f"condition of node {name!r} failed on request {self.request_id!r}: {exc}",
+                    node=name,
+                    request_id=self.request_id,
+                )
+            )
+            return None
 
     def _skip(self, name: str, ready: list[str]) -> None:
         if self.tracing:

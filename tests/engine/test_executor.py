@@ -199,6 +199,28 @@ def test_a_condition_skips_its_node_and_what_depends_on_it(start):
     assert ex.statistics()["after"]["success"] == 1
 
 
+def test_a_condition_over_an_absent_optional_input_does_not_hold(start):
+    ex = start(
+        HEAD
+        + "outputs: {gate: gate.y}\nnodes:"
+        + fn_node("pos", "double", "$inputs.x")
+        + '    when: "x > 0"\n'
+        + f"""
+  gate:
+    kind: python
+    params:
+      function: fns:with_default
+      inputs: {{x: {FP}, k: {{dtype: FP32, shape: [1], optional: true}}}}
+      outputs: {{y: {FP}}}
+    inputs: {{x: $inputs.x, k: pos.y}}
+    when: "k > 5"
+"""
+    )
+    assert ex.submit_sync(x(3)).outputs["gate"].tolist() == [9.0]  # k = 6
+    assert ex.submit_sync(x(2)).outputs == {}  # k = 4: not taken
+    assert ex.submit_sync(x(-2)).outputs == {}  # k absent: not taken, no error
+
+
 def test_invalid_inputs_are_named(start):
     ex = start(HEAD + "outputs: {y: a.y}\nnodes:" + fn_node("a", "double", "$inputs.x"))
     with pytest.raises(InvalidInput, match="missing input 'x'"):
