@@ -1,0 +1,105 @@
+"""Turns a scheduled batch into flat model inputs (tokens, positions, slots, attention metadata) and
+runs the model, returning logits only for the sequences that sample this step."""
+
+from __future__ import annotations
+
+import torch
+
+from nodes.llm.attention import AttentionMetadata, triton_available
+from nodes.llm.config import EngineConfig, ModelConfig
+from nodes.llm.kv_cache import allocate_kv_caches, num_blocks_for
+from nodes.llm.model import DTYPES, LlamaModel
+from nodes.llm.sequence import Sequence
+
+
+class ModelRunner:
+    """Owns the model and its KV caches."""
+
+    def __init__(self, model_config: ModelConfig, weights: dict, config: EngineConfig):
+        self.config = config
+        self.block_size = config.block_size
+        self.device = torch.device(config.device)
+        max_len = min(config.max_model_len, model_config.max_position_embeddings)
+        self.max_model_len = max_len
+        self.model = LlamaModel(model_config, weights, config.dtype, config.device, max_len)
+        dtype = DTYPES[config.dtype]
+        elem = torch.finfo(dtype).bits // 8
+        kv, hd = model_config.num_kv_heads, model_config.head_dim
+        layers = model_config.num_layers
+        self.num_blocks = num_blocks_for(
+            config.kv_cache_bytes, layers, self.block_size, kv, hd, elem
+        )
+        if self.num_blocks < 1:
+            raise ValueError(f"kv_cache_bytes={config.kv_cache_bytes} holds no block of KV")
+        self.kv_caches = allocate_kv_caches(
+            layers, self.num_blocks, self.block_size, kv, hd, dtype, self.device
+        )
+        self.use_triton = triton_available(config.device)
+
+    def run(self, batch: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
+        """Compute the batch; logits [S, vocab] for the sequences whose chunk reaches their end."""
+        input_ids, positions, meta, logits_at, samplers = self.prepare(batch)
+        logits = self.model.forward(input_ids, positions, meta, self.kv_caches, logits_at)
+        return logits.cpu(), samplers
+
+    def prepare(self, batch: list[tuple[Sequence, int]]):
+        """Flat model inputs: (input_ids, positions, metadata, logits_indices, sampling sequences)."""
+        bs = self.block_size
+        batch = sorted(batch, key=lambda item: item[1] > 1)  # decodes first (stable)
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_at: list[int] = []
+        samplers: list[Sequence] = []
+        decode_tables: list[list[int]] = []
+        decode_lens: list[int] = []
+        prefills = []
+        for seq, n in batch:
+            start, table = seq.num_computed_tokens, seq.block_table
+            first = len(input_ids)
+            input_ids += seq.token_ids[start : start + n]
+            pos = range(start, start + n)
+            positions += pos
+            slots += [table[p // bs] * bs + p % bs for p in pos]
+            if n == 1 and not prefills:
+                decode_tables.append(table)
+                decode_lens.append(start + 1)
+            else:
+                blocks = torch.tensor(table[: -(-(start + n) // bs)])
+                prefills.append((first, n, start + n, blocks))
+            if start + n == len(seq):
+                logits_at.append(len(input_ids) - 1)
+                samplers.append(seq)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
+            num_decodes=len(decode_tables),
+            prefills=tuple(prefills),
+        )
+        if decode_tables:
+            width = max(len(t) for t in decode_tables)
+            flat = [b for t in decode_tables for b in t + [0] * (width - len(t))]
+            meta.decode_blocks = torch.tensor(flat, device=self.device)
+            lens = torch.tensor(decode_lens).unsqueeze(1)
+            masked = torch.arange(width * bs).unsqueeze(0) >= lens
+            bias = torch.zeros(masked.shape).masked_fill_(masked, float("-inf"))
+            meta.decode_bias = bias.view(len(decode_tables), 1, 1, -1).to(self.device)
+        if self.use_triton:
+            self._add_kernel_inputs(meta, batch)
+        return (
+            torch.tensor(input_ids, device=self.device),
+            torch.tensor(positions, device=self.device),
+            meta,
+            torch.tensor(logits_at, dtype=torch.long, device=self.device),
+            samplers,
+        )
+
+    def _add_kernel_inputs(self, meta: AttentionMetadata, batch) -> None:
+        width = max(len(seq.block_table) for seq, _ in batch)
+        tables, rows, positions = [], [], []
+        for row, (seq, n) in enumerate(batch):
+            tables.append(seq.block_table + [0] * (width - len(seq.block_table)))
+            rows += [row] * n
+            positions += range(seq.num_computed_tokens, seq.num_computed_tokens + n)
+        meta.block_tables = torch.tensor(tables, dtype=torch.int32, device=self.device)
+        meta.token_rows = torch.tensor(rows, dtype=torch.int32, device=self.device)
+        meta.token_positions = torch.tensor(positions, dtype=torch.int32, device=self.device)

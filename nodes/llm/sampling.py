@@ -1,0 +1,99 @@
+"""Sampling parameters and the sampler: penalties, temperature, top-k, top-p, seeded draws, logprobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How one request picks its tokens and when it stops. temperature 0 is greedy."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    repetition_penalty: float = 1.0  # >1 discourages tokens of the prompt and output (CTRL style)
+    presence_penalty: float = 0.0  # subtracted once from tokens already generated
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False  # log-probability of each chosen token (from the penalized logits)
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_penalties(logits: torch.Tensor, token_ids: list[int], num_prompt: int, params) -> None:
+    """In place on one row: repetition penalty on prompt and output tokens, presence on output."""
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+        values = logits[seen]
+        p = params.repetition_penalty
+        logits[seen] = torch.where(values > 0, values / p, values * p)
+    if params.presence_penalty != 0.0 and len(token_ids) > num_prompt:
+        generated = torch.tensor(sorted(set(token_ids[num_prompt:])), dtype=torch.long)
+        logits[generated] -= params.presence_penalty
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask (to -inf) all but each row's top-k tokens and its smallest top-p nucleus."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.shape[-1]).unsqueeze(0)
+    drop = (top_k.unsqueeze(1) > 0) & (rank >= top_k.unsqueeze(1))
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    # keep a token while the mass before it is below top_p (the first token always stays)
+    drop = (probs.cumsum(dim=-1) - probs) >= top_p.unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def sample(logits: torch.Tensor, seqs: list) -> tuple[list[int], list[float] | None]:
+    """One token per row of float32 `logits` [S, V] for `seqs`; logprobs when any asks for them."""
+    params = [s.params for s in seqs]
+    for i, (seq, p) in enumerate(zip(seqs, params)):
+        if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0:
+            apply_penalties(logits[i], seq.token_ids, seq.num_prompt_tokens, p)
+    tokens = logits.argmax(dim=-1)
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if rows:
+        idx = torch.tensor(rows)
+        sub = logits[idx] / torch.tensor([params[i].temperature for i in rows]).unsqueeze(1)
+        if any(params[i].top_k or params[i].top_p < 1 for i in rows):
+            top_k = torch.tensor([params[i].top_k for i in rows])
+            top_p = torch.tensor([params[i].top_p for i in rows], dtype=torch.float32)
+            sub = _top_k_top_p(sub, top_k, top_p)
+        probs = sub.softmax(dim=-1)
+        # exponential race: argmax(p / E) with E ~ Exp(1) draws from p; one generator per seeded row
+        noise = torch.empty_like(probs)
+        for j, i in enumerate(rows):
+            noise[j].exponential_(generator=seqs[i].generator)
+        tokens[idx] = (probs / noise).argmax(dim=-1)
+    logprobs = None
+    if any(p.logprobs for p in params):
+        chosen = logits.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+        logprobs = chosen.tolist()
+    return tokens.tolist(), logprobs

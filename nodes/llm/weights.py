@@ -1,0 +1,134 @@
+"""Weights and config from a Hugging Face folder (config.json + safetensors) or a GGUF file.
+
+Tensors come back under Hugging Face names without the `model.` prefix (`layers.0.self_attn.q_proj.weight`),
+as float32 on CPU; the model casts them to its dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nodes.llm.config import ModelConfig
+
+_GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GGUF_TOP_NAMES = {
+    "token_embd.weight": "embed_tokens.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+    "rope_freqs.weight": "rope_freqs",
+}
+_GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+
+
+def load_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and float32 tensors of a HF folder or a `.gguf` file."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_hf_folder(path)
+    if path.suffix == ".gguf" and path.is_file():
+        return _load_gguf(path)
+    raise FileNotFoundError(f"{path}: expected a Hugging Face model folder or a .gguf file")
+
+
+def _load_hf_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("model_type") != "llama":
+        raise ValueError(f"{folder}: model_type {cfg.get('model_type')!r}; supported: llama")
+    gen = folder / "generation_config.json"
+    if gen.exists() and "eos_token_id" in (gen_cfg := json.loads(gen.read_text())):
+        cfg = {**cfg, "eos_token_id": gen_cfg["eos_token_id"]}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .safetensors files")
+    tensors = {}
+    for file in files:
+        for name, tensor in load_file(file).items():
+            tensors[name.removeprefix("model.")] = tensor.float()
+    return ModelConfig.from_hf(cfg), tensors
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_model_config(reader) -> ModelConfig:
+    """The ModelConfig from a GGUFReader's llama.* and tokenizer.* metadata."""
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"GGUF architecture {arch!r} unsupported; supported: llama")
+    hidden = _field(reader, "llama.embedding_length")
+    heads = _field(reader, "llama.attention.head_count")
+    scaling = {}
+    if _field(reader, "llama.rope.scaling.type") not in (None, "none"):
+        raise ValueError("GGUF rope scaling other than Llama-3 frequency factors is unsupported")
+    tok_count = len(reader.fields["tokenizer.ggml.tokens"].data)
+    has_output = any(t.name == "output.weight" for t in reader.tensors)
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    return ModelConfig(
+        vocab_size=_field(reader, "llama.vocab_size", tok_count),
+        hidden_size=hidden,
+        intermediate_size=_field(reader, "llama.feed_forward_length"),
+        num_layers=_field(reader, "llama.block_count"),
+        num_heads=heads,
+        num_kv_heads=_field(reader, "llama.attention.head_count_kv", heads),
+        head_dim=_field(reader, "llama.attention.key_length", 0),
+        rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        rope_scaling=tuple(sorted(scaling.items())),
+        tie_word_embeddings=not has_output,
+        max_position_embeddings=_field(reader, "llama.context_length", 2048),
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_ids=() if eos is None else (eos,),
+    )
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    # llama.cpp's converter interleaves each head's rotary halves; undo it for rotate_half RoPE.
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _load_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    import gguf
+    from gguf.quants import dequantize
+
+    reader = gguf.GGUFReader(str(path))
+    config = gguf_model_config(reader)
+    tensors = {}
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        if kind not in _GGUF_TYPES:
+            raise ValueError(f"{path}: tensor {t.name} is {kind}; supported: {_GGUF_TYPES}")
+        array = dequantize(t.data, t.tensor_type)
+        match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", t.name)
+        if match:
+            layer, part = match.groups()
+            if part == "attn_q":
+                array = _unpermute(array, config.num_heads)
+            elif part == "attn_k":
+                array = _unpermute(array, config.num_kv_heads)
+            name = f"layers.{layer}.{_GGUF_LAYER_NAMES[part]}.weight"
+        elif t.name in _GGUF_TOP_NAMES:
+            name = _GGUF_TOP_NAMES[t.name]
+        else:
+            raise ValueError(f"{path}: unexpected tensor {t.name}")
+        tensors[name] = torch.from_numpy(np.array(array, dtype=np.float32))  # writable copy
+    return config, tensors
