@@ -239,8 +239,10 @@ class Batcher:
         try:
             while (batch := self._wait_for_batch()) is not None:
                 done = self._run(node, batch)
+                del batch  # an idle worker must not keep its last batch's tensors alive
                 if done:
                     self._on_done(done)
+                del done
         finally:
             node.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -60,6 +61,26 @@ def sleep(items, seconds: float = 0.1):
 def with_default(items):
     """y = x + k, where k is an optional input."""
     return [{"y": item["x"] + item.get("k", np.zeros(1, np.float32))} for item in items]
+
+
+class Token:
+    """A value whose lifetime tests can watch (numpy arrays cannot be weakly referenced)."""
+
+
+tokens: list[weakref.ref] = []
+
+
+def make_token(items):
+    out = []
+    for _ in items:
+        token = Token()
+        tokens.append(weakref.ref(token))
+        out.append({"y": np.array([token], dtype=object)})
+    return out
+
+
+def token_seen(items):
+    return [{"y": np.array([1.0], np.float32)} for _ in items]
 
 
 def bad_count(items):

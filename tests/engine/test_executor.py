@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import fns
@@ -219,6 +220,30 @@ def test_a_condition_over_an_absent_optional_input_does_not_hold(start):
     assert ex.submit_sync(x(3)).outputs["gate"].tolist() == [9.0]  # k = 6
     assert ex.submit_sync(x(2)).outputs == {}  # k = 4: not taken
     assert ex.submit_sync(x(-2)).outputs == {}  # k absent: not taken, no error
+
+
+def test_a_tensor_is_released_after_its_last_consumer(start):
+    ex = start(
+        HEAD
+        + "outputs: {y: c.y}\nnodes:"
+        + f"""
+  a:
+    kind: python
+    params: {{function: "fns:make_token", inputs: {{x: {FP}}}, outputs: {{y: BYTES}}}}
+    inputs: {{x: $inputs.x}}
+  b:
+    kind: python
+    params: {{function: "fns:token_seen", inputs: {{x: BYTES}}, outputs: {{y: {FP}}}}}
+    inputs: {{x: a.y}}
+"""
+        + fn_node("c", "sleep", "b.y", extra=", kwargs: {seconds: 0.5}")
+    )
+    future = asyncio.run_coroutine_threadsafe(ex.submit(x(1)), ex.loop())
+    time.sleep(0.25)  # c is sleeping; a's output was consumed by b alone
+    gc.collect()
+    assert not future.done()
+    assert fns.tokens[-1]() is None  # no one holds a.y any more
+    assert future.result(timeout=5).outputs["y"].tolist() == [1.0]
 
 
 def test_invalid_inputs_are_named(start):
