@@ -17,7 +17,7 @@ from engine.batcher import Batcher, Ticket, WorkItem
 from engine.errors import DeadlineExceeded, InvalidInput, NodeError, RequestError, Unavailable
 from engine.result import NodeTrace, Result, StreamEvent
 from engine.schedule import Schedule
-from engine.tensors import coerce_input
+from engine.tensors import coerce_input, default_value
 
 if TYPE_CHECKING:
     from engine.executor import Executor
@@ -129,7 +129,8 @@ class RequestRun(Ticket):
                 if not spec.optional:
                     known = ", ".join(schedule.inputs)
                     raise InvalidInput(f"missing input {name!r}; this request needs: {known}")
-                self._resolve(f"$inputs.{name}", ABSENT, ready)
+                default = default_value(spec)
+                self._resolve(f"$inputs.{name}", ABSENT if default is None else default, ready)
             else:
                 self._resolve(f"$inputs.{name}", coerce_input(name, spec, value), ready)
         launches = Launches()

@@ -246,6 +246,32 @@ def test_a_tensor_is_released_after_its_last_consumer(start):
     assert future.result(timeout=5).outputs["y"].tolist() == [1.0]
 
 
+@pytest.mark.parametrize(("pipeline_default", "expected"), [(", default: 10", 11.0), ("", 101.0)])
+def test_an_optional_pipeline_input_left_out(start, pipeline_default, expected):
+    ex = start(
+        f"""
+apiVersion: pipectl/v1
+name: t
+inputs:
+  x: {FP}
+  k: {{dtype: FP32, shape: [1], optional: true{pipeline_default}}}
+outputs: {{y: opt.y}}
+nodes:
+  opt:
+    kind: python
+    params:
+      function: fns:with_default
+      inputs: {{x: {FP}, k: {{dtype: FP32, shape: [1], optional: true, default: 100}}}}
+      outputs: {{y: {FP}}}
+    inputs: {{x: $inputs.x, k: $inputs.k}}
+"""
+    )
+    # the pipeline's default when it has one, else the node port's
+    assert ex.submit_sync(x(1)).outputs["y"].tolist() == [expected]
+    given = ex.submit_sync({"x": [1.0], "k": [2.0]})
+    assert given.outputs["y"].tolist() == [3.0]
+
+
 def test_invalid_inputs_are_named(start):
     ex = start(HEAD + "outputs: {y: a.y}\nnodes:" + fn_node("a", "double", "$inputs.x"))
     with pytest.raises(InvalidInput, match="missing input 'x'"):
