@@ -5,8 +5,9 @@ as JSON), else `prompt` (text; for chat, the last user message), else the pipeli
 input. Request fields that share a name with a pipeline input (max_tokens, temperature, top_p,
 seed, ...) are passed to it. The answer is the first streamed BYTES output (the LLM's tokens),
 else the first BYTES output. `usage` comes from pipeline outputs `prompt_tokens` and
-`completion_tokens` when the pipeline has them; otherwise completion tokens count the streamed
-deltas (one per token from the llm node) and prompt tokens are reported as 0.
+`completion_tokens` when the pipeline has them (and `finish_reason` from an output of that
+name); otherwise completion tokens count the streamed deltas (one per token from the llm node)
+and prompt tokens are reported as 0.
 Embeddings use the first FP32 vector output (one dimension, not of size 1).
 """
 
@@ -156,7 +157,8 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         model = pipeline(body)
         inputs = build_inputs(model, body, chat=chat)
         out_name = text_output(model)
-        wanted = [out_name] + [n for n in USAGE_OUTPUTS if n in model.outputs]
+        extra = [n for n in (*USAGE_OUTPUTS, "finish_reason") if n in model.outputs]
+        wanted = [out_name, *extra]
         kind = "chat.completion" if chat else "text_completion"
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
@@ -177,15 +179,22 @@ def routes(repo: Repository) -> list[web.RouteDef]:
 
         pieces: list[str] = []
         counts: dict[str, int | None] = {}
+        finish = ["stop"]
+
+        def note(outputs: dict) -> None:
+            counts.update({n: _count(outputs, n) for n in USAGE_OUTPUTS if n in outputs})
+            if "finish_reason" in outputs and outputs["finish_reason"].size:
+                finish[0] = _decode(outputs["finish_reason"]) or "stop"
+
         if not body.get("stream"):
             async for outputs, _final in events:
                 if out_name in outputs:
                     pieces.append(_decode(outputs[out_name]))
-                counts.update({n: _count(outputs, n) for n in USAGE_OUTPUTS if n in outputs})
+                note(outputs)
             usage = _usage(counts, pieces)
             return web.json_response(
                 {"id": rid, "object": kind, "created": created, "model": model.name,
-                 "choices": [choice("".join(pieces), "stop")], "usage": usage}
+                 "choices": [choice("".join(pieces), finish[0])], "usage": usage}
             )  # fmt: skip
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -204,7 +213,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             async for outputs, _final in events:
                 if first:
                     await response.prepare(request)
-                counts.update({n: _count(outputs, n) for n in USAGE_OUTPUTS if n in outputs})
+                note(outputs)
                 text = _decode(outputs[out_name]) if out_name in outputs else ""
                 if text or first:
                     pieces.append(text)
@@ -218,7 +227,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             )
             await response.write_eof()
             return response
-        await send([choice("", "stop")])
+        await send([choice("", finish[0])])
         if (body.get("stream_options") or {}).get("include_usage"):
             await send([], _usage(counts, pieces))
         await response.write(b"data: [DONE]\n\n")

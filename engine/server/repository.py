@@ -1,12 +1,7 @@
-"""The models a server hosts: each pipeline, and each of its nodes as `<pipeline>.<node>`.
+"""The request path of a server: every served model, their loading state, and `infer` / `stream`.
 
 Both protocols go through `Repository.infer` / `Repository.stream`: inputs carry the client's batch
 dimension; each batch item becomes one executor request and the results are stacked back.
-
-A node model runs a one-node sub-plan (see `node_plan`): the node's wired input ports become the
-model's inputs (named after the ports), its output ports its outputs. Its executor runs on the
-pipeline executor's loaded instances (same batchers, same streaming nodes; see `_share`), so a
-node model costs no memory and its requests batch together with the pipeline's.
 """
 
 from __future__ import annotations
@@ -15,107 +10,24 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 import numpy as np
 
 from engine.errors import InvalidInput, NodeError, NotFound, RequestError, Unavailable
-from engine.plan import PIPELINE_INPUT, Plan, Source
-from nodes.base import TensorSpec
+from engine.plan import Plan
+from engine.server.model import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    ServedModel,
+    new_executor,
+    node_plan,
+    shared_executor,
+    streamed_outputs,
+)
 
-LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"
-
-
-def node_plan(plan: Plan, node: str) -> Plan:
-    """The one-node plan that runs `node` of `plan` alone: inputs are its wired ports."""
-    np_ = plan.nodes[node]
-    inputs = {port: np_.ports.inputs[port] for port in np_.inputs}
-    wired = {port: Source(PIPELINE_INPUT, port) for port in np_.inputs}
-    return Plan(
-        name=f"{plan.name}.{node}",
-        file=plan.file,
-        base_dir=plan.base_dir,
-        inputs=inputs,
-        outputs={port: Source(node, port) for port in np_.ports.outputs},
-        nodes={node: replace(np_, inputs=wired, when=None)},
-    )
-
-
-def _streamed_outputs(plan: Plan) -> frozenset[str]:
-    """Pipeline outputs fed by a streaming node's streamed ports (token deltas)."""
-    from nodes.registry import get_kind
-
-    streamed = set()
-    for name, src in plan.outputs.items():
-        kind = get_kind(plan.nodes[src.node].kind)
-        if kind.streaming and src.port in kind.stream_outputs:
-            streamed.add(name)
-    return frozenset(streamed)
-
-
-@dataclass
-class ModelStats:
-    """Request-level counters of one model (Triton's InferStatistics for the whole model)."""
-
-    success_count: int = 0
-    success_ns: int = 0
-    fail_count: int = 0
-    fail_ns: int = 0
-    inference_count: int = 0  # batch items
-    execution_count: int = 0  # requests
-    last_inference_ms: int = 0
-
-    def record(self, ok: bool, items: int, elapsed_ns: int) -> None:
-        if ok:
-            self.success_count += 1
-            self.success_ns += elapsed_ns
-            self.inference_count += items
-        else:
-            self.fail_count += 1
-            self.fail_ns += elapsed_ns
-        self.execution_count += 1
-        self.last_inference_ms = int(time.time() * 1000)
-
-
-@dataclass
-class ServedModel:
-    """One model a client can name: a pipeline, or one node of a pipeline."""
-
-    name: str
-    pipeline: str
-    node: str | None
-    plan: Plan
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    streamed: frozenset[str]
-    executor: object | None = None
-    state: str = LOADING
-    reason: str = ""
-    stats: ModelStats = field(default_factory=ModelStats)
-
-    @property
-    def decoupled(self) -> bool:
-        return bool(self.streamed)
-
-    def __post_init__(self) -> None:
-        from nodes.dtypes import numpy_dtype
-
-        self.numpy_dtypes = {n: numpy_dtype(s.dtype) for n, s in self.inputs.items()}
-
-    def where(self, input_name: str) -> str:
-        """`input 'x' of model 'm' (read by node a, b)`, for error messages."""
-        nodes = ", ".join(self.consumers(input_name))
-        return f"input {input_name!r} of model {self.name!r} (read by node {nodes})"
-
-    def consumers(self, input_name: str) -> list[str]:
-        """The nodes that read a model input (for error messages)."""
-        return [
-            n
-            for n, node in self.plan.nodes.items()
-            for src in node.inputs.values()
-            if src.is_pipeline_input and src.port == input_name
-        ]
+__all__ = ["LOADING", "READY", "UNAVAILABLE", "Repository", "ServedModel"]
 
 
 class Repository:
@@ -135,7 +47,7 @@ class Repository:
         """Register a pipeline and its node models (state LOADING)."""
         if plan.name in self.models:
             raise ValueError(f"two pipelines are named {plan.name!r}")
-        streamed = _streamed_outputs(plan)
+        streamed = streamed_outputs(plan)
         outputs = {n: plan.nodes[s.node].ports.outputs[s.port] for n, s in plan.outputs.items()}
         self.pipelines.append(plan.name)
         self.models[plan.name] = ServedModel(
@@ -146,14 +58,14 @@ class Repository:
             sub_outputs = {n: plan.nodes[node].ports.outputs[n] for n in sub.outputs}
             self.models[sub.name] = ServedModel(
                 sub.name, plan.name, node, sub, dict(sub.inputs), sub_outputs,
-                _streamed_outputs(sub),
+                streamed_outputs(sub),
             )  # fmt: skip
 
     def load(self, pipeline: str, progress: Callable[[str], None] | None = None) -> None:
         """Start the pipeline's executor (blocking: call it from a thread)."""
         model = self.models[pipeline]
         try:
-            executor = _default_executor(model.plan)
+            executor = new_executor(model.plan)
             executor.start(progress=progress)
         except Exception as exc:  # a failed pipeline stays listed, with its reason
             for m in self._family(pipeline):
@@ -204,7 +116,7 @@ class Repository:
             return model.executor
         with self._node_lock:  # node models: made on first use, on the pipeline's instances
             if model.executor is None:
-                model.executor = _share(self.models[model.pipeline].executor, model.plan)
+                model.executor = shared_executor(self.models[model.pipeline].executor, model.plan)
         return model.executor
 
     # ---- requests ------------------------------------------------------------------------
@@ -357,12 +269,6 @@ class Repository:
             return False
 
 
-def _default_executor(plan: Plan):
-    from engine.executor import Executor
-
-    return Executor(plan)
-
-
 async def _all(calls: list) -> list:
     """Await every call; on the first error cancel the rest and raise it."""
     if len(calls) == 1:
@@ -403,20 +309,6 @@ def _stack_outputs(wanted: list[str], per_item: list[dict[str, np.ndarray]]) -> 
                 "send these items in separate requests"
             ) from None
     return out
-
-
-def _share(parent, plan: Plan):
-    """An executor for the sub-plan `plan` that runs on `parent`'s loaded instances: the same
-    batchers (their results come back through `parent`, which hands each to its own request)
-    and the same streaming node instances. Nothing is loaded twice."""
-    executor = _default_executor(plan) if parent is not None else None
-    if executor is None or type(executor) is not type(parent):
-        raise Unavailable(f"model {plan.name!r}: its pipeline is not loaded")
-    executor.batchers = {n: parent.batchers[n] for n in plan.nodes if n in parent.batchers}
-    executor._streamers = parent._streamers
-    executor._stream_stats = parent._stream_stats
-    executor._started = True
-    return executor
 
 
 def _reraise(exc: Exception, model: ServedModel) -> NoReturn:

@@ -12,6 +12,8 @@ import pytest
 
 from tests.server.conftest import AUTH
 
+# tritonclient.http writes its own headers into the dict it is given: pass copies of AUTH
+
 pytestmark = pytest.mark.integration
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException
@@ -36,14 +38,14 @@ def test_tritonclient_http_infer_with_binary_data(http_client):
         httpclient.InferRequestedOutput("upper", binary_data=True),
         httpclient.InferRequestedOutput("doubled", binary_data=False),
     ]
-    result = http_client.infer("echo", [text, x], outputs=outputs, headers=AUTH)
+    result = http_client.infer("echo", [text, x], outputs=outputs, headers=dict(AUTH))
     assert result.as_numpy("upper").tolist() == [[b"BIN"], [b"ARY"]]
     np.testing.assert_array_equal(result.as_numpy("doubled"), np.arange(8).reshape(2, 4) * 2)
     response = result.get_response()
     kinds = {o["name"]: ("parameters" in o, "data" in o) for o in response["outputs"]}
     assert kinds == {"upper": (True, False), "doubled": (False, True)}
-    assert http_client.is_model_ready("echo.upper", headers=AUTH)
-    config = http_client.get_model_config("echo", headers=AUTH)
+    assert http_client.is_model_ready("echo.upper", headers=dict(AUTH))
+    config = http_client.get_model_config("echo", headers=dict(AUTH))
     assert config["platform"] == "ensemble" and len(config["ensemble_scheduling"]["step"]) == 3
 
 
@@ -111,7 +113,7 @@ def test_http_errors_and_the_server_keeps_serving(server, http_client):
     x = httpclient.InferInput("x", [1, 4], "INT32")
     x.set_data_from_numpy(np.zeros((1, 4), dtype=np.int32))
     with pytest.raises(InferenceServerException, match="datatype INT32, expected FP32"):
-        http_client.infer("echo.scale", [x], headers=AUTH)
+        http_client.infer("echo.scale", [x], headers=dict(AUTH))
     status, payload, _ = _call(server, "/v2/models/nope/infer", {"inputs": []})
     assert status == 404 and "not served" in json.loads(payload)["error"]
     status, payload, _ = _call(server, "/v2/models/echo/infer", raw=b"{not json")
