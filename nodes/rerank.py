@@ -5,9 +5,10 @@ Backends: `cross_encoder` (a Hugging Face sequence-classification folder, torch 
 nodes/rerank_cross.py) and `llm_judge` (the log-probability that an LLM answers "yes" to "is this
 passage relevant?", prefill only, on the nodes/llm engine; nodes/rerank_llm.py).
 
-Ports: `query` BYTES [1], `docs` BYTES [-1], optional `ids` INT64 [-1] in; `docs`, `scores` and
-`ids` out, best first, at most `top_n` long. `ids` out are the given ids of the kept passages, or
-their positions in the input `docs` when no ids were given.
+Ports: `query` BYTES [1], `docs` BYTES [-1], optional `ids` INT64 [-1] and `keys` BYTES [-1] in
+(one per doc); `docs`, `scores`, `ids` and `keys` out, best first, at most `top_n` long. `ids` out
+are the given ids of the kept passages, or their positions in the input `docs` when none were
+given; `keys` likewise are the given keys, or the output ids as text.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ class RerankNode(Node):
                 "query": TensorSpec("BYTES", (1,), doc="the question"),
                 "docs": TensorSpec("BYTES", (-1,), doc="candidate passages"),
                 "ids": TensorSpec("INT64", (-1,), optional=True, doc="ids of the passages"),
+                "keys": TensorSpec("BYTES", (-1,), optional=True, doc="names of the passages"),
             },
             outputs={
                 "docs": TensorSpec("BYTES", (-1,), doc=f"at most {params.top_n}, best first"),
                 "scores": TensorSpec("FP32", (-1,), doc="relevance, higher is better"),
                 "ids": TensorSpec("INT64", (-1,), doc="given ids, else positions in docs"),
+                "keys": TensorSpec("BYTES", (-1,), doc="given keys, else the ids as text"),
             },
         )
 
@@ -146,17 +149,23 @@ class RerankNode(Node):
     def _top(self, item: Item, scores: np.ndarray) -> Item:
         top_n: int = self.params.top_n  # type: ignore[attr-defined]
         docs = item["docs"].reshape(-1)
-        given = item.get("ids")
-        if given is not None and given.size != docs.size:
-            raise ValueError(f"rerank: {given.size} ids for {docs.size} docs; give one id per doc")
+        given_ids, given_keys = item.get("ids"), item.get("keys")
+        for name, given in (("ids", given_ids), ("keys", given_keys)):
+            if given is not None and given.size != docs.size:
+                raise ValueError(
+                    f"rerank: {given.size} {name} for {docs.size} docs; give one per doc"
+                )
         keep = np.argsort(-scores, kind="stable")[:top_n]
-        ids = given.reshape(-1)[keep] if given is not None else keep
-        out_docs = np.empty(len(keep), dtype=object)
-        out_docs[:] = [docs[i] for i in keep]
+        ids = np.asarray(given_ids.reshape(-1)[keep] if given_ids is not None else keep, np.int64)
+        if given_keys is not None:
+            keys = [given_keys.reshape(-1)[i] for i in keep]
+        else:
+            keys = [str(i).encode() for i in ids]
         return {
-            "docs": out_docs,
+            "docs": _objects([docs[i] for i in keep]),
             "scores": scores[keep].astype(np.float32),
-            "ids": np.asarray(ids, dtype=np.int64),
+            "ids": ids,
+            "keys": _objects(keys),
         }
 
     def close(self) -> None:
@@ -164,6 +173,12 @@ class RerankNode(Node):
         if scorer is not None and hasattr(scorer, "close"):
             scorer.close()
         self.scorer = None
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _text(value: object) -> str:

@@ -88,10 +88,12 @@ def _reference_scores(folder, query: str, passages: list[str], label=None, dtype
     return np.array(out, dtype=np.float32)
 
 
-def _item(query: str, docs: list[str], ids: list[int] | None = None):
+def _item(query: str, docs: list[str], ids: list[int] | None = None, keys=None):
     item = {"query": as_bytes_array([query]), "docs": as_bytes_array(docs)}
     if ids is not None:
         item["ids"] = np.array(ids, dtype=np.int64)
+    if keys is not None:
+        item["keys"] = as_bytes_array(keys)
     return item
 
 
@@ -105,7 +107,8 @@ def test_registry_names_the_kind():
     assert get_kind("rerank") is RerankNode
     ports = RerankNode.ports(RerankParams(model="x", top_n=3))
     assert ports.inputs["ids"].optional and not ports.inputs["docs"].optional
-    assert set(ports.outputs) == {"docs", "scores", "ids"}
+    assert ports.inputs["keys"].optional
+    assert set(ports.outputs) == {"docs", "scores", "ids", "keys"}
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
@@ -133,12 +136,20 @@ def test_onnx_export_is_cached(tiny_model, tmp_path):
 def test_top_n_keeps_the_best_and_maps_given_ids(tiny_model):
     node = _node(tiny_model, top_n=2, batch_size=3)
     ids = [[101, 102, 103, 104], [201, 202, 203], [301, 302, 303, 304, 305, 306]]
-    items = [_item(q, p, i) for q, p, i in zip(QUERIES, PASSAGES, ids, strict=True)]
+    keys = [[f"k{i}" for i in group] for group in ids]
+    items = [
+        _item(QUERIES[0], PASSAGES[0], ids[0], keys[0]),
+        _item(QUERIES[1], PASSAGES[1], ids[1]),
+        _item(QUERIES[2], PASSAGES[2], None, keys[2]),
+    ]
     outs = node.run_batch(items)
-    for query, passages, given, out in zip(QUERIES, PASSAGES, ids, outs, strict=True):
+    for n, (query, passages, out) in enumerate(zip(QUERIES, PASSAGES, outs, strict=True)):
         expected = _reference_scores(tiny_model, query, passages)
         best = np.argsort(-expected, kind="stable")[:2]
-        assert out["ids"].tolist() == [given[i] for i in best]
+        want_ids = [ids[n][i] for i in best] if n < 2 else best.tolist()
+        assert out["ids"].tolist() == want_ids
+        want_keys = [keys[n][i] for i in best] if n != 1 else [str(i) for i in want_ids]
+        assert [k.decode() for k in out["keys"]] == want_keys
         assert len(out["docs"]) == len(out["scores"]) == 2
         assert out["scores"][0] >= out["scores"][1]
 
@@ -154,6 +165,8 @@ def test_ids_must_match_docs(tiny_model):
     node = _node(tiny_model)
     with pytest.raises(ValueError, match="2 ids for 3 docs"):
         node.run_batch([_item("read", ["a", "b", "c"], [1, 2])])
+    with pytest.raises(ValueError, match="1 keys for 2 docs"):
+        node.run_batch([_item("read", ["a", "b"], keys=["x"])])
 
 
 def test_two_label_model_scores_the_relevant_class(tmp_path):
