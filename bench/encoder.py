@@ -1,0 +1,146 @@
+"""Encoder pipeline: dynamic batching (max_batch_size 64) versus max_batch_size 1, same run.
+
+    .venv/bin/python bench/encoder.py [--dtype bf16] [--backend torch] [--seconds 4] [--rounds 2]
+
+One pipeline (query BYTES [1] → encoder → embedding) is compiled twice, once per batch size, and
+both are loaded in this process. Closed-loop clients (1, 16 and 64 in flight) submit short
+sentences from the sample corpus (~20 tokens) through engine.executor.Executor; rounds alternate
+between the two settings so that a noisy neighbour hits both. Prints markdown rows: embeddings/s
+(median round), p50 latency, mean batch size, process CPU ms per embedding, and the ratio.
+Target: batching >= 5x max_batch_size 1 at 64 concurrent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from engine.compiler import compile_file
+from engine.executor import Executor
+from engine.placement import GIB, Device
+
+SIZES = (64, 1)
+WORDS = 14  # ~20 tokens, as in PERF-NOTES
+
+
+def sentences(count: int = 512) -> list[bytes]:
+    """Short sentences: the first words of the sample corpus' passages."""
+    with (ROOT / "samples" / "corpus.jsonl").open() as fh:
+        rows = [json.loads(line)["text"] for _, line in zip(range(count), fh, strict=False)]
+    return [" ".join(text.split()[:WORDS]).encode() for text in rows]
+
+
+def pipeline_text(max_batch_size: int, dtype: str, backend: str) -> str:
+    return (
+        "apiVersion: pipectl/v1\nname: encode\n"
+        "inputs: {query: {dtype: BYTES, shape: [1]}}\n"
+        "outputs: {embedding: encode.embedding}\n"
+        "nodes:\n  encode:\n    kind: encoder\n"
+        f"    params: {{dtype: {dtype}, backend: {backend}}}\n"
+        "    inputs: {text: $inputs.query}\n"
+        f"    batching: {{max_batch_size: {max_batch_size}, max_queue_delay_ms: 2}}\n"
+    )
+
+
+async def drive(executor: Executor, texts: list[bytes], concurrency: int, seconds: float):
+    """`concurrency` clients submit back to back for `seconds`; returns latencies in s."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    counter = iter(range(1 << 62))
+
+    async def client() -> None:
+        while (now := time.perf_counter()) < stop:
+            text = texts[next(counter) % len(texts)]
+            await executor.submit({"query": np.array([text], dtype=object)})
+            latencies.append(time.perf_counter() - now)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies
+
+
+def measure(executor: Executor, texts: list[bytes], concurrency: int, seconds: float) -> dict:
+    before = executor.statistics()["encode"]
+    begin, cpu = time.perf_counter(), time.process_time()
+    latencies = asyncio.run(drive(executor, texts, concurrency, seconds))
+    elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
+    after = executor.statistics()["encode"]
+    batches = after["batches"] - before["batches"]
+    items = after["success"] - before["success"]
+    latencies.sort()
+    return {
+        "rate": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "mean_batch": items / batches if batches else 0.0,
+        "cpu_ms": cpu * 1e3 / len(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per round")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per setting")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    texts = sentences()
+    results: dict[tuple[int, int], list[dict]] = {(s, c): [] for s in SIZES for c in levels}
+    with tempfile.TemporaryDirectory() as tmp:
+        executors = {}
+        for size in SIZES:
+            path = Path(tmp) / f"encode_{size}.yaml"
+            path.write_text(pipeline_text(size, args.dtype, args.backend))
+            plan = compile_file(path, devices=[Device("cpu", "cpu", 32 * GIB)])
+            executors[size] = Executor(plan)
+            executors[size].start()
+            asyncio.run(drive(executors[size], texts, 64, 1.0))  # warm-up: every batch shape
+        try:
+            for _ in range(args.rounds):
+                for concurrency in levels:
+                    for size in SIZES:
+                        row = measure(executors[size], texts, concurrency, args.seconds)
+                        results[(size, concurrency)].append(row)
+        finally:
+            for executor in executors.values():
+                executor.stop()
+    print(
+        f"\nencoder pipeline (all-MiniLM-L6-v2, {args.backend} {args.dtype}, ~20-token "
+        f"sentences), in-process Executor, median of {args.rounds} alternating rounds of "
+        f"{args.seconds:g} s, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        "| concurrent | max_batch_size | embeddings/s (rounds) | p50 ms | mean batch | CPU ms/emb |"
+    )
+    print("|---|---|---|---|---|---|")
+    ratios = []
+    for concurrency in levels:
+        medians = {}
+        for size in SIZES:
+            runs = sorted(results[(size, concurrency)], key=lambda r: r["rate"])
+            r = medians[size] = runs[len(runs) // 2]
+            each = ", ".join(f"{x['rate']:,.0f}" for x in results[(size, concurrency)])
+            print(
+                f"| {concurrency} | {size} | {r['rate']:,.0f} ({each}) | {r['p50_ms']:.1f} "
+                f"| {r['mean_batch']:.1f} | {r['cpu_ms']:.2f} |"
+            )
+        ratios.append((concurrency, medians[64]["rate"] / medians[1]["rate"]))
+    print()
+    for concurrency, ratio in ratios:
+        print(f"batching / max_batch_size 1 at {concurrency} concurrent: {ratio:.1f}x embeddings/s")
+
+
+if __name__ == "__main__":
+    main()
