@@ -53,16 +53,12 @@ def _status(url: str) -> int | None:
         return None
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+def start_server(files: list[str], *args: str, log: Path) -> Server:
+    """Start `pipectl serve FILES ARGS` on free ports and wait (bounded) until it is ready."""
     grpc_port, http_port = _free_port(), _free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    extra = [str(DATA / "llm.yaml")] if (DATA / "llm.yaml").exists() else []
     cmd = [
-        sys.executable, "-m", "engine.cli", "serve",
-        *(str(DATA / p) for p in PIPELINES), *extra,
-        "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-        "--api-key", API_KEY, "--max-request-mb", "1", "--drain-timeout", "10",
+        sys.executable, "-m", "engine.cli", "serve", *files,
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port), *args,
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     with log.open("wb") as out:
@@ -78,19 +74,38 @@ def server(tmp_path_factory) -> Server:
             ready = _status(f"{base}/v2/health/ready")
             srv.observed.append((live, ready))
             if ready == 200:
-                break
+                return srv
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after {READY_TIMEOUT_S}s:\n{srv.log_text()}")
             time.sleep(0.1)
-        yield srv
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+    except BaseException:
+        stop_server(srv)
+        raise
+
+
+def stop_server(srv: Server, timeout_s: float = 30) -> int:
+    """SIGTERM the server by PID, wait for it (kill after `timeout_s`); returns its exit code."""
+    process = srv.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    files = [str(DATA / p) for p in PIPELINES]
+    if (DATA / "llm.yaml").exists():
+        files.append(str(DATA / "llm.yaml"))
+    args = ("--api-key", API_KEY, "--max-request-mb", "1", "--drain-timeout", "10")
+    srv = start_server(files, *args, log=log)
+    yield srv
+    stop_server(srv)
 
 
 @pytest.fixture(scope="session")
