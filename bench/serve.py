@@ -61,6 +61,8 @@ def client_main(url: str, pipeline: str, threads: int, warmup_s: float, duration
     start_at = time.monotonic() + warmup_s
     stop_at = start_at + duration_s
     per_thread: list[list[float]] = [[] for _ in range(threads)]
+    totals = [0] * threads
+    cpu_start = time.process_time()
 
     def loop(index: int) -> None:
         client = grpcclient.InferenceServerClient(url)
@@ -76,6 +78,7 @@ def client_main(url: str, pipeline: str, threads: int, warmup_s: float, duration
             if begin >= stop_at:
                 break
             client.infer(pipeline, inputs)
+            totals[index] += 1
             if begin >= start_at:
                 out.append(time.monotonic() - begin)
         client.close()
@@ -85,12 +88,24 @@ def client_main(url: str, pipeline: str, threads: int, warmup_s: float, duration
         w.start()
     for w in workers:
         w.join()
-    print(json.dumps([x for lat in per_thread for x in lat]))
+    latencies = [x for lat in per_thread for x in lat]
+    print(
+        json.dumps(
+            {"lat": latencies, "total": sum(totals), "cpu_s": time.process_time() - cpu_start}
+        )
+    )
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def over_grpc(
-    url: str, pipeline: str, clients: int, procs: int, warmup_s: float, duration_s: float
-) -> dict:
+    url: str, server_pid: int, pipeline: str, clients: int, procs: int, warmup_s: float,
+    duration_s: float,
+) -> dict:  # fmt: skip
     procs = max(1, min(procs, clients))
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     cmd = [sys.executable, __file__, "--client", url, pipeline]
@@ -98,13 +113,23 @@ def over_grpc(
         subprocess.Popen([*cmd, str(n), str(warmup_s), str(duration_s)], stdout=subprocess.PIPE, cwd=ROOT)
         for n in shares
     ]  # fmt: skip
+    server_cpu = _cpu_s(server_pid)
     latencies: list[float] = []
+    total = 0
+    client_cpu = 0.0
     for p in running:
         out, _ = p.communicate(timeout=warmup_s + duration_s + 120)
         if p.returncode:
             raise RuntimeError(f"client process failed ({p.returncode})")
-        latencies.extend(json.loads(out))
-    return summarise(latencies, duration_s)
+        report = json.loads(out)
+        latencies.extend(report["lat"])
+        total += report["total"]
+        client_cpu += report["cpu_s"]
+    server_cpu = _cpu_s(server_pid) - server_cpu
+    return summarise(latencies, duration_s) | {
+        "server_us": server_cpu / total * 1e6,
+        "client_us": client_cpu / total * 1e6,
+    }
 
 
 # ---- in process -------------------------------------------------------------------------------
@@ -117,6 +142,8 @@ def in_process(pipeline: str, clients: int, warmup_s: float, duration_s: float) 
     executor.start()
     item = {k: v[0] for k, v in request_inputs(pipeline).items()}
 
+    total = [0]
+
     async def run() -> list[float]:
         start_at = time.monotonic() + warmup_s
         stop_at = start_at + duration_s
@@ -128,6 +155,7 @@ def in_process(pipeline: str, clients: int, warmup_s: float, duration_s: float) 
                 if begin >= stop_at:
                     return
                 await executor.submit(item)
+                total[0] += 1
                 if begin >= start_at:
                     latencies.append(time.monotonic() - begin)
 
@@ -135,7 +163,13 @@ def in_process(pipeline: str, clients: int, warmup_s: float, duration_s: float) 
         return latencies
 
     try:
-        return summarise(asyncio.run(run()), duration_s)
+        cpu = time.process_time()
+        latencies = asyncio.run(run())
+        cpu = time.process_time() - cpu
+        return summarise(latencies, duration_s) | {
+            "server_us": cpu / total[0] * 1e6,
+            "client_us": 0.0,
+        }
     finally:
         executor.stop()
 
@@ -190,7 +224,7 @@ def main() -> int:
     try:
         for pipeline in args.pipelines:
             for n in args.concurrency:
-                rows.append((pipeline, n, "grpc", over_grpc(url, pipeline, n, args.client_procs, args.warmup, args.duration)))  # fmt: skip
+                rows.append((pipeline, n, "grpc", over_grpc(url, server.pid, pipeline, n, args.client_procs, args.warmup, args.duration)))  # fmt: skip
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
@@ -200,15 +234,13 @@ def main() -> int:
                 (pipeline, n, "in-process", in_process(pipeline, n, args.warmup, args.duration))
             )
 
-    print(
-        f"\n{'pipeline':9} {'clients':>7} {'path':11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  vs Triton"
-    )
+    head = f"{'pipeline':9} {'clients':>7} {'path':11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+    print(f"\n{head} {'server CPU us/req':>17} {'client CPU us/req':>17}  vs Triton")
     for pipeline, n, path, r in rows:
         ref = TRITON.get(n)
         ratio = f"{r['rps'] / ref:.2f}x" if ref and pipeline == "noop4" and path == "grpc" else ""
-        print(
-            f"{pipeline:9} {n:7} {path:11} {r['rps']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}  {ratio}"
-        )
+        row = f"{pipeline:9} {n:7} {path:11} {r['rps']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
+        print(f"{row} {r['server_us']:17.0f} {r['client_us']:17.0f}  {ratio}")
     by = {(p, n, path): r for p, n, path, r in rows}
     print("\ncost of gRPC over an in-process call (p50 difference, throughput ratio):")
     for pipeline in args.pipelines:
