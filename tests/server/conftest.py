@@ -53,11 +53,12 @@ def _status(url: str) -> int | None:
         return None
 
 
-def start_server(files: list[str], *args: str, log: Path) -> Server:
-    """Start `pipectl serve FILES ARGS` on free ports and wait (bounded) until it is ready."""
+def start_server(files: list[str], *args: str, log: Path, module: str = "engine.cli") -> Server:
+    """Start `python -m MODULE serve FILES ARGS` on free ports and wait (bounded) until it is
+    ready."""
     grpc_port, http_port = _free_port(), _free_port()
     cmd = [
-        sys.executable, "-m", "engine.cli", "serve", *files,
+        sys.executable, "-m", module, "serve", *files,
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), *args,
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -104,6 +105,19 @@ def server(tmp_path_factory) -> Server:
         files.append(str(DATA / "llm.yaml"))
     args = ("--api-key", API_KEY, "--max-request-mb", "1", "--drain-timeout", "10")
     srv = start_server(files, *args, log=log)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def stream_server(tmp_path_factory) -> Server:
+    """A server of the deterministic streaming pipeline (words.yaml): the same CLI, started
+    through tests/server/stream_kind.py so that its `test_words` kind is registered."""
+    log = tmp_path_factory.mktemp("stream_server") / "serve.log"
+    args = ("--api-key", API_KEY)
+    srv = start_server(
+        [str(DATA / "words.yaml")], *args, log=log, module="tests.server.stream_kind"
+    )
     yield srv
     stop_server(srv)
 
