@@ -80,13 +80,16 @@ def build_index(
     encoder.load(device)
     try:
         vectors: np.ndarray | None = None
-        for start in range(0, len(texts), batch_size):
-            chunk = encoder.embed(texts[start : start + batch_size])
+        # similar lengths side by side across the whole corpus: micro-batches pad far less
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            chunk = encoder.embed([texts[i] for i in rows])
             if vectors is None:
                 vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
-            vectors[start : start + len(chunk)] = chunk
+            vectors[rows] = chunk
             if progress is not None:
-                progress(start + len(chunk), len(texts))
+                progress(start + len(rows), len(texts))
     finally:
         encoder.close()
     embed_s = time.perf_counter() - started

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from nodes.encoder import EncoderNode, EncoderParams
 from nodes.faiss_search import (
     FaissSearchNode,
     FaissSearchParams,
@@ -238,6 +239,11 @@ def test_real_corpus_round_trip(real_subset, tmp_path, index_type):
     assert out_items[1]["texts"][0].decode() == rows[57]["text"]
     np.testing.assert_allclose([o["scores"][0] for o in out_items], 1.0, atol=1e-3)
     if index_type == "flat":
+        # each row holds the embedding of that row's passage (the build embeds out of order)
+        encoder = EncoderNode(EncoderParams(max_length=48), None)
+        encoder.load("cpu")
+        texts = [rows[i]["text"] for i in (0, 57, 79)]
+        np.testing.assert_allclose(encoder.embed(texts), vectors, atol=1e-5)
         everything = stored(node, range(80))
         want_scores, want_ids = brute_force(everything, vectors, 3, "ip")
         np.testing.assert_array_equal(np.stack([o["ids"] for o in out_items]), want_ids)
