@@ -225,3 +225,24 @@ def test_stream_infer_of_a_unary_pipeline_sends_one_final_response(server):
     response = results[0].get_response()
     assert response.parameters["triton_final_response"].bool_param
     assert results[0].as_numpy("upper").tolist() == [[b"XY"]]
+
+
+def test_a_full_queue_is_resource_exhausted(grpc_client):
+    # guard.slow computes one item at a time for 0.5 s and queues at most one more
+    x = grpcclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.ones((1, 1), dtype=np.float32))
+    slow = [grpcclient.InferRequestedOutput("slow")]
+    outcomes: queue.Queue = queue.Queue()
+    for _ in range(3):
+        grpc_client.async_infer(
+            "guard",
+            [x],
+            callback=lambda result, error: outcomes.put(error),
+            outputs=slow,
+            headers=AUTH,
+        )
+    errors = [outcomes.get(timeout=10) for _ in range(3)]
+    statuses = sorted(e.status() if e is not None else "OK" for e in errors)
+    assert statuses == ["OK", "OK", "StatusCode.RESOURCE_EXHAUSTED"]
+    (full,) = [e for e in errors if e is not None]
+    assert "slow" in full.message()
