@@ -1,0 +1,312 @@
+"""LLMEngine: continuous batching over a paged KV cache, offline (`generate`) or streamed (`stream`).
+
+The step loop runs in its own thread and is the only code that touches the model, the scheduler and
+the KV blocks; callers (any thread, or asyncio through `loop.call_soon_threadsafe`) only submit
+requests and aborts through a queue and receive deltas through callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nodes.llm.config import EngineConfig
+from nodes.llm.kv_cache import BlockManager
+from nodes.llm.runner import ModelRunner
+from nodes.llm.sampling import SamplingParams, sample
+from nodes.llm.scheduler import Scheduler
+from nodes.llm.sequence import Sequence
+from nodes.llm.tokenizer import Tokenizer
+from nodes.llm.weights import load_weights
+
+
+@dataclass(slots=True)
+class Delta:
+    """What one step added to one request; the last one has `finished` and the counts."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finished: bool = False
+    finish_reason: str | None = None  # stop | length | abort | error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    logprobs: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole generated answer."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    logprobs: list[float] | None = None
+
+
+Prompt = str | list[int]
+_ids = itertools.count()
+
+
+class LLMEngine:
+    """Load a model (HF folder or GGUF) and serve generation requests with continuous batching."""
+
+    def __init__(self, model: str | Path, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        model_config, weights = load_weights(model)
+        self.model_config = model_config
+        self.tokenizer = Tokenizer(model)
+        self.runner = ModelRunner(model_config, weights, self.config)
+        del weights
+        self.blocks = BlockManager(
+            self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.config, self.blocks)
+        self.max_model_len = self.runner.max_model_len
+        self.eos_ids = set(model_config.eos_token_ids) | {self.tokenizer.eos_token_id} - {None}
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._seqs: dict[str, Sequence] = {}
+        self._sinks: dict[str, Callable[[Delta], None]] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- submitting (any thread) -------------------------------------------------------------
+    def _make_seq(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> Sequence:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("empty prompt")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}")
+        need = self.blocks.blocks_needed(min(len(ids) + params.max_tokens, self.max_model_len))
+        if need > self.blocks.num_blocks:
+            raise ValueError(
+                f"request needs {need} KV blocks but the cache has {self.blocks.num_blocks}; "
+                f"raise kv_cache_bytes or lower max_tokens"
+            )
+        rid = request_id or f"req-{next(_ids)}"
+        return Sequence(rid, ids, params, time.perf_counter())
+
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        sink: Callable[[Delta], None] | None = None,
+    ) -> str:
+        """Queue a request; `sink` (called on the loop thread) receives its deltas."""
+        seq = self._make_seq(prompt, params or SamplingParams(), request_id)
+        self._inbox.put(("add", seq, sink))
+        self._wake.set()
+        return seq.request_id
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; its KV blocks are freed before the next step."""
+        self._inbox.put(("abort", request_id, None))
+        self._wake.set()
+
+    # ---- the step loop (one thread) ------------------------------------------------------------
+    def _drain_inbox(self) -> list[Delta]:
+        deltas = []
+        while True:
+            try:
+                op, item, sink = self._inbox.get_nowait()
+            except queue.Empty:
+                return deltas
+            if op == "add":
+                self._seqs[item.request_id] = item
+                if sink is not None:
+                    self._sinks[item.request_id] = sink
+                self.scheduler.add(item)
+            elif (seq := self._seqs.pop(item, None)) is not None:
+                self.scheduler.finish(seq, "abort")
+                deltas.append(self._delta(seq, "", [], "abort"))
+
+    def step(self) -> list[Delta]:
+        """Apply queued submits and aborts, run one batch, sample; the deltas of this step."""
+        deltas = self._drain_inbox()
+        batch = self.scheduler.schedule()
+        if not batch:
+            return deltas
+        logits, samplers = self.runner.run(batch)
+        for seq, n in batch:
+            seq.num_computed_tokens += n
+            self.blocks.commit(seq)
+        if samplers:
+            tokens, logprobs = sample(logits, samplers)
+            now = time.perf_counter()
+            for i, (seq, token) in enumerate(zip(samplers, tokens)):
+                deltas.append(self._append(seq, token, logprobs[i] if logprobs else None, now))
+        return deltas
+
+    def _append(self, seq: Sequence, token: int, logprob: float | None, now: float) -> Delta:
+        p = seq.params
+        seq.token_ids.append(token)
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        if p.logprobs:
+            seq.logprobs.append(logprob)
+        reason = None
+        if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            reason = "stop"
+        elif seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:
+            reason = "length"
+        new, seq.prefix_offset, seq.read_offset = self.tokenizer.detokenize(
+            seq.token_ids, seq.prefix_offset, seq.read_offset, final=reason is not None
+        )
+        seq.text += new
+        hold = 0
+        if p.stop:
+            longest = max(map(len, p.stop))
+            start = max(0, len(seq.text) - len(new) - longest + 1)
+            found = [i for i in (seq.text.find(s, start) for s in p.stop) if i >= 0]
+            if found:
+                seq.text, reason = seq.text[: min(found)], "stop"
+            hold = longest - 1  # a stop string may be starting at the tail: keep it back
+        if reason is not None:
+            hold = 0
+            self.scheduler.finish(seq, reason)
+            self._seqs.pop(seq.request_id, None)
+        end = max(seq.sent_chars, len(seq.text) - hold)
+        text, seq.sent_chars = seq.text[seq.sent_chars : end], end
+        return self._delta(seq, text, [token], reason, [logprob] if p.logprobs else [])
+
+    def _delta(self, seq, text, tokens, reason, logprobs=()) -> Delta:
+        return Delta(
+            seq.request_id, text, tokens, reason is not None, reason, seq.num_prompt_tokens,
+            seq.num_output_tokens, seq.num_cached_tokens, list(logprobs),
+        )  # fmt: skip
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            if not self.scheduler.has_work() and self._inbox.empty():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                deltas = self.step()
+            except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving
+                deltas = self._fail_all(exc)
+            for delta in deltas:
+                sink = self._sinks.pop(delta.request_id, None) if delta.finished else None
+                sink = sink or self._sinks.get(delta.request_id)
+                if sink is not None:
+                    sink(delta)
+
+    def _fail_all(self, exc: Exception) -> list[Delta]:
+        deltas = []
+        for seq in list(self._seqs.values()):
+            self.scheduler.finish(seq, "error")
+            delta = self._delta(seq, "", [], "error")
+            delta.error = f"{type(exc).__name__}: {exc}"
+            deltas.append(delta)
+        self._seqs.clear()
+        return deltas
+
+    def start(self) -> None:
+        """Start the step loop thread (done by `generate` and `stream` when needed)."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop the loop thread (requests in flight are left unfinished)."""
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+    # ---- front doors -------------------------------------------------------------------------
+    def generate(
+        self, prompts: list[Prompt], params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[Completion]:
+        """Generate for every prompt (batched continuously); blocks until all are done."""
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
+        seqs = [self._make_seq(p, sp, None) for p, sp in zip(prompts, plist)]
+        results: list[Completion | None] = [None] * len(seqs)
+        done = threading.Semaphore(0)
+
+        def sink_for(i: int):
+            parts: list[Delta] = []
+
+            def sink(delta: Delta) -> None:
+                parts.append(delta)
+                if delta.finished:
+                    results[i] = _completion(parts)
+                    done.release()
+
+            return sink
+
+        self.start()
+        for i, seq in enumerate(seqs):
+            self._inbox.put(("add", seq, sink_for(i)))
+        self._wake.set()
+        for _ in seqs:
+            done.acquire()
+        for completion in results:
+            if completion.finish_reason == "error":
+                raise RuntimeError(f"generation failed: {completion.text}")
+        return results
+
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+    ) -> AsyncIterator[Delta]:
+        """Yield the request's deltas as they come; leaving early aborts it and frees its blocks."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[Delta] = asyncio.Queue()
+        self.start()
+
+        def sink(delta: Delta) -> None:
+            try:
+                loop.call_soon_threadsafe(deltas.put_nowait, delta)
+            except RuntimeError:  # the consumer's event loop is closed: nobody listens
+                pass
+
+        rid = self.add_request(prompt, params, request_id, sink=sink)
+        finished = False
+        try:
+            while not finished:
+                delta = await deltas.get()
+                finished = delta.finished
+                if delta.finish_reason == "error":
+                    raise RuntimeError(f"generation failed: {delta.error}")
+                yield delta
+        finally:
+            if not finished:
+                self.abort(rid)
+
+    def kv_usage(self) -> tuple[int, int]:
+        """(tokens held by running sequences, token slots of the blocks they hold)."""
+        live = sum(len(s) for s in self.scheduler.running)
+        held = self.blocks.num_blocks - self.blocks.num_free
+        return live, held * self.blocks.block_size
+
+
+def _completion(parts: list[Delta]) -> Completion:
+    last = parts[-1]
+    text = last.error if last.finish_reason == "error" else "".join(d.text for d in parts)
+    logprobs = [x for d in parts for x in d.logprobs]
+    return Completion(
+        last.request_id, text, [t for d in parts for t in d.token_ids], last.finish_reason,
+        last.prompt_tokens, last.completion_tokens, last.cached_tokens, logprobs or None,
+    )  # fmt: skip

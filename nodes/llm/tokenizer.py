@@ -1,0 +1,51 @@
+"""The model's tokenizer and chat template, from a HF folder or a GGUF file's metadata, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Tokenizer:
+    """Encode prompts, render chats, and detokenize output incrementally for streaming."""
+
+    def __init__(self, path: str | Path):
+        import os
+
+        from transformers import AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = Path(path)
+        if path.is_dir():
+            self.hf = AutoTokenizer.from_pretrained(str(path))
+        else:  # transformers builds a fast tokenizer from the GGUF metadata
+            self.hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        # the Rust tokenizer decodes several times faster than the Python wrapper
+        self._fast = getattr(self.hf, "_tokenizer", None) or getattr(
+            self.hf, "backend_tokenizer", None
+        )
+        self.eos_token_id = self.hf.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        if self._fast is not None:
+            return self._fast.decode(ids, skip_special_tokens=True)
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def apply_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a chat rendered with the model's template, ready for the assistant's turn."""
+        if not self.hf.chat_template:
+            raise ValueError("this model's tokenizer has no chat template; send a plain prompt")
+        text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def detokenize(self, token_ids: list[int], prefix_offset: int, read_offset: int, final=False):
+        """New text since `read_offset`, decoded with a few tokens of context so that merges and
+        spaces come out right; holds back while the tail is an incomplete UTF-8 character (unless
+        `final`). Returns (new_text, prefix_offset, read_offset)."""
+        prefix = self.decode(token_ids[prefix_offset:read_offset])
+        full = self.decode(token_ids[prefix_offset:])
+        if len(full) > len(prefix) and (final or not full.endswith("\ufffd")):
+            return full[len(prefix) :], read_offset, len(token_ids)
+        return "", prefix_offset, read_offset

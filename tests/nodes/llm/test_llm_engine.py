@@ -1,0 +1,129 @@
+"""The engine end to end on a tiny random Llama: batch invariance (alone, among 32 others, after a
+prefix-cache hit, after preemption), stops, streaming with abort, and block accounting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from nodes.llm.config import EngineConfig
+from nodes.llm.engine import LLMEngine
+from nodes.llm.sampling import SamplingParams
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+
+def _engine(folder, **overrides) -> LLMEngine:
+    config = {"dtype": "fp32", "block_size": 4, "kv_cache_bytes": 4 << 20, "max_num_seqs": 64,
+                  "max_num_batched_tokens": 256, "max_model_len": 256}  # fmt: skip
+    config.update(overrides)
+    return LLMEngine(folder, EngineConfig(**config))
+
+
+def _prompts(n: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 40, (n,), generator=gen).tolist()
+    return [torch.randint(3, 40000, (k,), generator=gen).tolist() for k in lengths]
+
+
+@pytest.fixture(scope="module")
+def alone(tiny_model_dir):
+    """Greedy tokens of each of 33 prompts, each generated alone."""
+    engine = _engine(tiny_model_dir)
+    prompts = _prompts(33)
+    try:
+        return prompts, [engine.generate([p], GREEDY)[0].token_ids for p in prompts]
+    finally:
+        engine.shutdown()
+
+
+def test_batch_invariance_among_others_and_after_prefix_hit(tiny_model_dir, alone):
+    prompts, expected = alone
+    engine = _engine(tiny_model_dir, max_num_batched_tokens=64)  # chunked prefill too
+    try:
+        together = engine.generate(prompts, GREEDY)
+        assert [c.token_ids for c in together] == expected
+        again = engine.generate(prompts[:5], GREEDY)  # their full blocks are in the prefix cache
+        assert [c.token_ids for c in again] == expected[:5]
+        assert all(c.cached_tokens > 0 for c, p in zip(again, prompts) if len(p) > 4)
+    finally:
+        engine.shutdown()
+
+
+def test_batch_invariance_after_preemption(tiny_model_dir, alone):
+    prompts, expected = alone
+    # 40 blocks of 4 tokens cannot hold 33 requests of up to 51 tokens: preemption is forced
+    small = _engine(tiny_model_dir, kv_cache_bytes=40 * 2 * 2 * 4 * 2 * 32 * 4)
+    try:
+        assert small.blocks.num_blocks == 40
+        together = small.generate(prompts, GREEDY)
+        assert small.scheduler.num_preemptions > 0
+        assert [c.token_ids for c in together] == expected
+        assert small.blocks.num_free == small.blocks.num_blocks
+    finally:
+        small.shutdown()
+
+
+def test_stop_strings_stop_tokens_and_max_tokens(tiny_model_dir):
+    engine = _engine(tiny_model_dir)
+    prompt = _prompts(1, seed=3)[0]
+    try:
+        base = engine.generate(
+            [prompt], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+        )[0]
+        assert base.finish_reason == "length" and base.completion_tokens == 20
+        stop_token = base.token_ids[5]
+        cut = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=0,
+                                                       stop_token_ids=(stop_token,)))[0]  # fmt: skip
+        assert cut.finish_reason == "stop"
+        assert cut.token_ids == base.token_ids[: base.token_ids.index(stop_token) + 1]
+        stop = base.text[len(base.text) // 2 :][:3]
+        assert stop.strip(), base.text
+        by_text = engine.generate(
+            [prompt], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=stop)
+        )[0]
+        assert by_text.finish_reason == "stop"
+        assert by_text.text == base.text[: base.text.index(stop)]
+    finally:
+        engine.shutdown()
+
+
+def test_stream_matches_generate_and_abort_frees_blocks(tiny_model_dir):
+    engine = _engine(tiny_model_dir)
+    prompt = _prompts(1, seed=4)[0]
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, logprobs=True)
+
+    async def collect(limit=None):
+        deltas = []
+        async for delta in engine.stream(prompt, params):
+            deltas.append(delta)
+            if limit and len(deltas) == limit:
+                break
+        return deltas
+
+    try:
+        whole = engine.generate([prompt], params)[0]
+        deltas = asyncio.run(collect())
+        assert "".join(d.text for d in deltas) == whole.text
+        assert [t for d in deltas for t in d.token_ids] == whole.token_ids
+        assert deltas[-1].finished and deltas[-1].completion_tokens == 10
+        assert len(whole.logprobs) == 10 and all(lp <= 0 for lp in whole.logprobs)
+        asyncio.run(collect(limit=3))  # leaves early: aborted
+        for _ in range(200):  # the loop thread frees the blocks at its next step
+            if not engine.scheduler.has_work() and engine._inbox.empty():
+                break
+            asyncio.run(asyncio.sleep(0.01))
+        assert not engine.scheduler.has_work()
+        assert engine.blocks.num_free == engine.blocks.num_blocks
+    finally:
+        engine.shutdown()
+
+
+def test_rejects_prompts_that_cannot_fit(tiny_model_dir):
+    engine = _engine(tiny_model_dir, max_model_len=32)
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([list(range(3, 40))], GREEDY)
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.generate([[]], GREEDY)
