@@ -1,6 +1,6 @@
 """Encoder pipeline: dynamic batching (max_batch_size 64) versus max_batch_size 1, same run.
 
-    .venv/bin/python bench/encoder.py [--dtype bf16] [--backend torch] [--seconds 4] [--rounds 2]
+    .venv/bin/python bench/encoder.py [--dtype bf16] [--backend torch] [--threads N] [--seconds 4]
 
 One pipeline (query BYTES [1] → encoder → embedding) is compiled twice, once per batch size, and
 both are loaded in this process. Closed-loop clients (1, 16 and 64 in flight) submit short
@@ -42,13 +42,14 @@ def sentences(count: int = 512) -> list[bytes]:
     return [" ".join(text.split()[:WORDS]).encode() for text in rows]
 
 
-def pipeline_text(max_batch_size: int, dtype: str, backend: str) -> str:
+def pipeline_text(max_batch_size: int, dtype: str, backend: str, threads: int | None) -> str:
+    extra = f", threads: {threads}" if threads else ""
     return (
         "apiVersion: pipectl/v1\nname: encode\n"
         "inputs: {query: {dtype: BYTES, shape: [1]}}\n"
         "outputs: {embedding: encode.embedding}\n"
         "nodes:\n  encode:\n    kind: encoder\n"
-        f"    params: {{dtype: {dtype}, backend: {backend}}}\n"
+        f"    params: {{dtype: {dtype}, backend: {backend}{extra}}}\n"
         "    inputs: {text: $inputs.query}\n"
         f"    batching: {{max_batch_size: {max_batch_size}, max_queue_delay_ms: 2}}\n"
     )
@@ -91,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument("--threads", type=int, help="the encoder's intra-op threads")
     parser.add_argument("--seconds", type=float, default=4.0, help="per round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per setting")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated")
@@ -102,7 +104,7 @@ def main() -> None:
         executors = {}
         for size in SIZES:
             path = Path(tmp) / f"encode_{size}.yaml"
-            path.write_text(pipeline_text(size, args.dtype, args.backend))
+            path.write_text(pipeline_text(size, args.dtype, args.backend, args.threads))
             plan = compile_file(path, devices=[Device("cpu", "cpu", 32 * GIB)])
             executors[size] = Executor(plan)
             executors[size].start()
@@ -117,7 +119,8 @@ def main() -> None:
             for executor in executors.values():
                 executor.stop()
     print(
-        f"\nencoder pipeline (all-MiniLM-L6-v2, {args.backend} {args.dtype}, ~20-token "
+        f"\nencoder pipeline (all-MiniLM-L6-v2, {args.backend} {args.dtype}, threads "
+        f"{args.threads or 'default'}, ~20-token "
         f"sentences), in-process Executor, median of {args.rounds} alternating rounds of "
         f"{args.seconds:g} s, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
     )
