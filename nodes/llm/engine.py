@@ -42,6 +42,7 @@ class Delta:
     cached_tokens: int = 0
     logprobs: list[float] = field(default_factory=list)
     error: str | None = None
+    scores: list[float] | None = None  # logprobs of the request's score_token_ids at this step
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class LLMEngine:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.num_generated = 0
 
     # ---- submitting (any thread) -------------------------------------------------------------
     def _make_seq(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> Sequence:
@@ -149,10 +151,13 @@ class LLMEngine:
             seq.num_computed_tokens += n
             self.blocks.commit(seq)
         if samplers:
-            tokens, logprobs = sample(logits, samplers)
+            tokens, logprobs, scores = sample(logits, samplers)
             now = time.perf_counter()
+            self.num_generated += len(tokens)
             for i, (seq, token) in enumerate(zip(samplers, tokens)):
-                deltas.append(self._append(seq, token, logprobs[i] if logprobs else None, now))
+                delta = self._append(seq, token, logprobs[i] if logprobs else None, now)
+                delta.scores = scores[i] if scores else None
+                deltas.append(delta)
         return deltas
 
     def _append(self, seq: Sequence, token: int, logprob: float | None, now: float) -> Delta:
@@ -194,6 +199,8 @@ class LLMEngine:
         )  # fmt: skip
 
     def _loop(self) -> None:
+        if self.config.num_threads:  # OpenMP thread counts are per thread: set it here too
+            torch.set_num_threads(self.config.num_threads)
         while not self._stopping:
             if not self.scheduler.has_work() and self._inbox.empty():
                 self._wake.wait()
@@ -257,16 +264,19 @@ class LLMEngine:
 
             return sink
 
-        self.start()
-        for i, seq in enumerate(seqs):
-            self._inbox.put(("add", seq, sink_for(i)))
-        self._wake.set()
+        self._submit_all(seqs, sink_for)
         for _ in seqs:
             done.acquire()
         for completion in results:
             if completion.finish_reason == "error":
                 raise RuntimeError(f"generation failed: {completion.text}")
         return results
+
+    def _submit_all(self, seqs: list[Sequence], sink_for) -> None:
+        self.start()
+        for i, seq in enumerate(seqs):
+            self._inbox.put(("add", seq, sink_for(i)))
+        self._wake.set()
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
@@ -294,6 +304,44 @@ class LLMEngine:
         finally:
             if not finished:
                 self.abort(rid)
+
+    def score_next_token(self, prompts: list[Prompt], token_ids: list[int]) -> list[list[float]]:
+        """Per prompt, the log-probabilities of `token_ids` as its next token (prefill only)."""
+        params = SamplingParams(max_tokens=1, temperature=0, score_token_ids=tuple(token_ids))
+        seqs = [self._make_seq(p, params, None) for p in prompts]
+        rows: list[list[float] | None] = [None] * len(seqs)
+        done = threading.Semaphore(0)
+
+        def sink_for(i: int):
+            def sink(delta: Delta) -> None:
+                if delta.scores is not None:
+                    rows[i] = delta.scores
+                if delta.finished:
+                    done.release()
+
+            return sink
+
+        self._submit_all(seqs, sink_for)
+        for _ in seqs:
+            done.acquire()
+        if any(row is None for row in rows):
+            raise RuntimeError(
+                "scoring failed: the engine stopped a request before its first token"
+            )
+        return rows
+
+    def statistics(self) -> dict[str, float]:
+        """Gauges for monitoring: sequences, KV blocks, prefix-cache hit rate, tokens so far."""
+        blocks = self.blocks
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "kv_blocks_used": blocks.num_blocks - blocks.num_free,
+            "kv_blocks_total": blocks.num_blocks,
+            "prefix_cache_hit_rate": blocks.cache_hits / max(1, blocks.cache_queries),
+            "preemptions": self.scheduler.num_preemptions,
+            "generated_tokens": self.num_generated,
+        }
 
     def kv_usage(self) -> tuple[int, int]:
         """(tokens held by running sequences, token slots of the blocks they hold)."""

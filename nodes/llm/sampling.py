@@ -22,12 +22,14 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False  # log-probability of each chosen token (from the penalized logits)
+    score_token_ids: tuple[int, ...] = ()  # also report the log-probabilities of these tokens
 
     def __post_init__(self):
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "score_token_ids", tuple(self.score_token_ids))
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature < 0:
@@ -71,8 +73,9 @@ def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor)
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
-def sample(logits: torch.Tensor, seqs: list) -> tuple[list[int], list[float] | None]:
-    """One token per row of float32 `logits` [S, V] for `seqs`; logprobs when any asks for them."""
+def sample(logits: torch.Tensor, seqs: list):
+    """One token per row of float32 `logits` [S, V] for `seqs`. Returns (tokens, logprobs of the
+    chosen tokens or None, per row the logprobs of its `score_token_ids` or None)."""
     params = [s.params for s in seqs]
     for i, (seq, p) in enumerate(zip(seqs, params)):
         if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0:
@@ -92,8 +95,10 @@ def sample(logits: torch.Tensor, seqs: list) -> tuple[list[int], list[float] | N
         for j, i in enumerate(rows):
             noise[j].exponential_(generator=seqs[i].generator)
         tokens[idx] = (probs / noise).argmax(dim=-1)
-    logprobs = None
-    if any(p.logprobs for p in params):
-        chosen = logits.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
-        logprobs = chosen.tolist()
-    return tokens.tolist(), logprobs
+    logprobs = scores = None
+    if any(p.logprobs or p.score_token_ids for p in params):
+        log_probs = logits.log_softmax(dim=-1)
+        logprobs = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        scores = [log_probs[i, list(p.score_token_ids)].tolist() if p.score_token_ids else None
+                  for i, p in enumerate(params)]  # fmt: skip
+    return tokens.tolist(), logprobs, scores

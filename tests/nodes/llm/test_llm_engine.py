@@ -4,6 +4,7 @@ prefix-cache hit, after preemption), stops, streaming with abort, and block acco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import torch
@@ -97,10 +98,11 @@ def test_stream_matches_generate_and_abort_frees_blocks(tiny_model_dir):
 
     async def collect(limit=None):
         deltas = []
-        async for delta in engine.stream(prompt, params):
-            deltas.append(delta)
-            if limit and len(deltas) == limit:
-                break
+        async with contextlib.aclosing(engine.stream(prompt, params)) as stream:
+            async for delta in stream:
+                deltas.append(delta)
+                if limit and len(deltas) == limit:
+                    break  # closing the stream aborts the request
         return deltas
 
     try:
@@ -117,6 +119,24 @@ def test_stream_matches_generate_and_abort_frees_blocks(tiny_model_dir):
             asyncio.run(asyncio.sleep(0.01))
         assert not engine.scheduler.has_work()
         assert engine.blocks.num_free == engine.blocks.num_blocks
+    finally:
+        engine.shutdown()
+
+
+def test_score_next_token_gives_next_token_logprobs(tiny_model_dir):
+    engine = _engine(tiny_model_dir)
+    prompts = _prompts(3, seed=5)
+    try:
+        rows = engine.score_next_token(prompts, [10, 20, 30])
+        greedy = engine.generate(
+            prompts, SamplingParams(max_tokens=1, temperature=0, logprobs=True)
+        )
+        for row, prompt, first in zip(rows, prompts, greedy):
+            assert len(row) == 3 and all(lp <= 0 for lp in row)
+            scored = engine.score_next_token([prompt], [first.token_ids[0]])[0][0]
+            assert scored == pytest.approx(first.logprobs[0], abs=1e-5)
+        stats = engine.statistics()
+        assert stats["kv_blocks_used"] == 0 and stats["generated_tokens"] >= 9
     finally:
         engine.shutdown()
 
