@@ -64,3 +64,33 @@ def test_chat_template_and_eos(engine):
     answer = engine.generate([ids], SamplingParams(max_tokens=64, temperature=0))[0]
     assert answer.finish_reason == "stop" and "4" in answer.text
     assert answer.token_ids[-1] in engine.eos_ids
+
+
+def test_default_node_streams_a_chat_answer_in_bf16():
+    import asyncio
+    import contextlib
+    import json
+
+    import numpy as np
+
+    from nodes.llm.node import LLMNode, LLMParams
+
+    node = LLMNode(LLMParams(max_tokens=48, kv_cache_bytes=64 << 20))
+    node.load("cpu")
+    try:
+        chat = np.empty(1, dtype=object)
+        chat[0] = json.dumps(
+            [{"role": "user", "content": "What is the capital of France?"}]
+        ).encode()
+
+        async def collect():
+            async with contextlib.aclosing(node.stream({"messages": chat})) as stream:
+                return [event async for event in stream]
+
+        events = asyncio.run(collect())
+        text = b"".join(e["text"][0] for e in events).decode()
+        assert "Paris" in text
+        assert len(events) > 3  # streamed in deltas, not at once
+        assert events[-1]["finish_reason"][0] in (b"stop", b"length")
+    finally:
+        node.close()

