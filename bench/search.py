@@ -1,6 +1,6 @@
 """Batched flat search: faiss-cpu's default BLAS threshold versus the one faiss_search sets (20).
 
-    .venv/bin/python bench/search.py [--count 100000] [--dim 384] [--batches 1,16,64] [--rounds 3]
+    .venv/bin/python bench/search.py [--count 100000] [--batches 1,16,64] [--rounds 3] [--threads N]
 
 An IndexFlatIP over `count` random unit vectors is searched (top 10) with batches of queries,
 first through faiss directly with each threshold, then through a loaded FaissSearchNode's
@@ -49,13 +49,16 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--seconds", type=float, default=2.0, help="per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="faiss OpenMP threads (default: all cores)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     default_threshold = faiss.cvar.distance_compute_blas_threshold
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
     vectors = unit_rows(args.count, args.dim, 0)
     queries = unit_rows(1024, args.dim, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        params = FaissSearchParams(index=tmp, top_k=TOP_K, blas_threshold=20)
+        params = FaissSearchParams(index=tmp, top_k=TOP_K, blas_threshold=20, threads=args.threads)
         index = train_index(vectors, params)
         names = [str(i) for i in range(args.count)]
         save_index(tmp, index, names, names, {"index_type": "flat", "metric": "ip"})
@@ -85,6 +88,7 @@ def main() -> None:
                 results[(name, batch)].append(rate(search, queries, batch, args.seconds))
     print(
         f"\nIndexFlatIP {args.count:,} x {args.dim}, top {TOP_K}, faiss {faiss.__version__}, "
+        f"threads {args.threads or 'default'}, "
         f"median of {args.rounds} alternating rounds of {args.seconds:g} s, "
         f"{time.strftime('%Y-%m-%d')}\n"
     )

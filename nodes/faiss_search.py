@@ -41,6 +41,8 @@ class FaissSearchParams(NodeParams):
     | ef_search      | 64      | hnsw: candidate list size while searching                       |
     | dim            | auto    | vector size, when the index is not built yet (else from meta)   |
     | blas_threshold | 20      | batches at least this large use BLAS for flat search            |
+    | threads        | auto    | OpenMP threads of this instance's searches (1: no spinning      |
+    |                |         | threads fighting other nodes for the cores)                     |
     """
 
     index: str
@@ -54,6 +56,7 @@ class FaissSearchParams(NodeParams):
     ef_search: int = Field(64, ge=1)
     dim: int | None = Field(None, ge=1)
     blas_threshold: int = Field(20, ge=1)
+    threads: int | None = Field(None, ge=1)
 
 
 def read_meta(index_dir: str | Path) -> dict[str, Any]:
@@ -172,6 +175,8 @@ class FaissSearchNode(Node):
                 f"index at {folder} has dim {meta['dim']}, params say {self.params.dim}"
             )
         faiss.cvar.distance_compute_blas_threshold = self.params.blas_threshold
+        if self.params.threads:  # OpenMP's setting is per thread: load runs in the worker
+            faiss.omp_set_num_threads(self.params.threads)
         index = faiss.read_index(str(folder / INDEX_FILE))
         keys: list[bytes] = []
         texts: list[bytes] = []

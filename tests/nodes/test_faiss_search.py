@@ -149,12 +149,17 @@ def test_ports_take_dim_from_meta_or_param_else_open(tmp_path):
     assert FaissSearchNode.memory_bytes(missing) == 0
 
 
-def test_load_sets_blas_threshold_and_reads_relative_paths(tmp_path):
+def test_load_sets_blas_threshold_threads_and_reads_relative_paths(tmp_path):
     import faiss
 
     saved(tmp_path, unit_rows(10, 10))
-    node = loaded(FaissSearchParams(index="idx", blas_threshold=20), tmp_path)
-    assert faiss.cvar.distance_compute_blas_threshold == 20
+    before = faiss.omp_get_max_threads()
+    try:
+        node = loaded(FaissSearchParams(index="idx", blas_threshold=20, threads=1), tmp_path)
+        assert faiss.cvar.distance_compute_blas_threshold == 20
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        faiss.omp_set_num_threads(before)
     assert node.meta["count"] == 10
 
 
