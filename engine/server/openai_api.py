@@ -1,8 +1,8 @@
 """OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.
 
-The request's `model` names a pipeline. Its text goes to the pipeline input `messages` (the chat
-as JSON), else `prompt` (text; for chat, the last user message), else the pipeline's only BYTES
-input. Request fields that share a name with a pipeline input (max_tokens, temperature, top_p,
+The request's `model` names a pipeline. A chat goes to the pipeline input `messages` (as JSON),
+else `prompt` (the last user message), else the pipeline's only required BYTES input; a completion
+goes to `prompt`, else `messages` (as one user message), else that BYTES input. Request fields that share a name with a pipeline input (max_tokens, temperature, top_p,
 seed, ...) are passed to it. The answer is the first streamed BYTES output (the LLM's tokens),
 else the first BYTES output. `usage` comes from pipeline outputs `prompt_tokens` and
 `completion_tokens` when the pipeline has them (and `finish_reason` from an output of that
@@ -91,12 +91,10 @@ def build_inputs(model: ServedModel, body: dict, *, chat: bool) -> dict[str, np.
         if not isinstance(prompt, str):
             raise InvalidInput("'prompt' must be a string")
         text, messages = prompt, [{"role": "user", "content": prompt}]
-    if "messages" in model.inputs:
-        name, value = "messages", json.dumps(messages)
-    elif "prompt" in model.inputs:
-        name, value = "prompt", text
-    else:
-        name, value = _bytes_input(model), text
+    # a chat goes to `messages` first, a completion to `prompt` first
+    order = ("messages", "prompt") if chat else ("prompt", "messages")
+    name = next((n for n in order if n in model.inputs), None) or _bytes_input(model)
+    value = json.dumps(messages) if name == "messages" else text
     spec = model.inputs[name]
     out = {name: tensors.from_json(name, "BYTES", [1, *[1 for _ in spec.shape]], [value])}
     if "max_completion_tokens" in body and "max_tokens" not in body:
