@@ -246,3 +246,30 @@ def test_a_full_queue_is_resource_exhausted(grpc_client):
     assert statuses == ["OK", "OK", "StatusCode.RESOURCE_EXHAUSTED"]
     (full,) = [e for e in errors if e is not None]
     assert "slow" in full.message()
+
+
+def test_stream_infer_streams_the_llm_tokens(server):
+    import json
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)), headers=AUTH)
+    messages = grpcclient.InferInput("messages", [1, 1], "BYTES")
+    chat = [{"role": "user", "content": "Count to five."}]
+    messages.set_data_from_numpy(np.array([[json.dumps(chat).encode()]], dtype=object))
+    limit = grpcclient.InferInput("max_tokens", [1, 1], "INT64")
+    limit.set_data_from_numpy(np.array([[5]], dtype=np.int64))
+    got = []
+    try:
+        client.async_stream_infer("chat", [messages, limit], request_id="llm")
+        while not got or not got[-1].get_response().parameters["triton_final_response"].bool_param:
+            result, error = responses.get(timeout=60)
+            assert error is None, error
+            got.append(result)
+    finally:
+        client.stop_stream()
+        client.close()
+    texts = [r.as_numpy("text")[0, 0] for r in got if r.as_numpy("text") is not None]
+    assert len([t for t in texts if t]) >= 2  # several token deltas, not one block
+    assert got[-1].as_numpy("completion_tokens").tolist() == [[5]]
+    assert got[-1].as_numpy("finish_reason").tolist() == [[b"length"]]
