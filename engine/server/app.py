@@ -67,16 +67,25 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
     for plan in plans:
         repo.add(plan)
     key = ApiKey(options.api_key) if options.api_key else None
-    grpc_server, health, grpc_port = grpc_face.build_server(
-        repo, options.host, options.grpc_port, api_key=key,
-        max_request_bytes=options.max_request_bytes,
-    )  # fmt: skip
+    try:
+        grpc_server, health, grpc_port = grpc_face.build_server(
+            repo, options.host, options.grpc_port, api_key=key,
+            max_request_bytes=options.max_request_bytes,
+        )  # fmt: skip
+    except (OSError, RuntimeError) as exc:
+        say(f"cannot listen for gRPC on {options.host}:{options.grpc_port}: {exc}")
+        return 1
     await grpc_face.set_health(health, False)
     await grpc_server.start()
     runner = web.AppRunner(build_http_app(repo, options), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.http_port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, options.host, options.http_port).start()
+    except OSError as exc:
+        say(f"cannot listen for HTTP on {options.host}:{options.http_port}: {exc}")
+        await grpc_server.stop(grace=None)
+        await runner.cleanup()
+        return 1
     http_port = runner.addresses[0][1] if runner.addresses else options.http_port
     say(f"gRPC on {options.host}:{grpc_port}, HTTP on {options.host}:{http_port}")
 
