@@ -149,18 +149,25 @@ def test_ports_take_dim_from_meta_or_param_else_open(tmp_path):
     assert FaissSearchNode.memory_bytes(missing) == 0
 
 
-def test_load_sets_blas_threshold_threads_and_reads_relative_paths(tmp_path):
+def test_blas_by_batch_size_threads_and_relative_paths(tmp_path):
     import faiss
 
-    saved(tmp_path, unit_rows(10, 10))
+    vectors = unit_rows(300, 10)
+    saved(tmp_path, vectors, top_k=4)
     before = faiss.omp_get_max_threads()
     try:
-        node = loaded(FaissSearchParams(index="idx", blas_threshold=20, threads=1), tmp_path)
-        assert faiss.cvar.distance_compute_blas_threshold == 20
+        node = loaded(
+            FaissSearchParams(index="idx", blas_min_batch=3, threads=1, top_k=4), tmp_path
+        )
         assert faiss.omp_get_max_threads() == 1
+        want = brute_force(vectors, vectors[:3], 4, "ip")[1]
+        np.testing.assert_array_equal(node.search(vectors[:2])[1], want[:2])
+        assert faiss.cvar.distance_compute_blas_threshold > 1_000_000  # sequential kernel
+        np.testing.assert_array_equal(node.search(vectors[:3])[1], want)
+        assert faiss.cvar.distance_compute_blas_threshold == 1  # BLAS
     finally:
         faiss.omp_set_num_threads(before)
-    assert node.meta["count"] == 10
+    assert node.meta["count"] == 300
 
 
 def test_mismatches_and_missing_index_are_explained(tmp_path):
