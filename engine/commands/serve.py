@@ -23,8 +23,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
-    parser.add_argument("--grpc-port", type=int, default=8001, help="0: any free port")
-    parser.add_argument("--http-port", type=int, default=8000, help="0: any free port")
+    parser.add_argument(
+        "--grpc-port", type=int, default=8001, help="default: %(default)s; 0: any free port"
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=8000, help="default: %(default)s; 0: any free port"
+    )
     parser.add_argument(
         "--api-key",
         default=os.environ.get("PIPECTL_API_KEY"),
