@@ -164,7 +164,12 @@ def in_process(pipeline: str, clients: int, warmup_s: float, duration_s: float) 
 
     try:
         cpu = time.process_time()
-        latencies = asyncio.run(run())
+        try:  # the same event loop as `pipectl serve`
+            import uvloop
+
+            latencies = uvloop.run(run())
+        except ImportError:
+            latencies = asyncio.run(run())
         cpu = time.process_time() - cpu
         return summarise(latencies, duration_s) | {
             "server_us": cpu / total[0] * 1e6,
