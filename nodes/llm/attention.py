@@ -76,8 +76,8 @@ def _prefill(q, k, v, k_cache, v_cache, start, ctx, blocks):
         keys, values, mask, causal = k[start : start + n], v[start : start + n], None, True
     else:
         keys, values = _gather(k_cache, blocks)[:ctx], _gather(v_cache, blocks)[:ctx]
-        q_pos = torch.arange(ctx - n, ctx).unsqueeze(1)
-        mask, causal = torch.arange(ctx).unsqueeze(0) <= q_pos, False
+        q_pos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
+        mask, causal = torch.arange(ctx, device=q.device).unsqueeze(0) <= q_pos, False
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1),
         keys.transpose(0, 1),

@@ -34,10 +34,8 @@ class ModelConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"model config: {name} must be > 0, got {getattr(self, name)}")
         if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"model config: num_heads {self.num_heads} is not a multiple of "
-                f"num_kv_heads {self.num_kv_heads}"
-            )
+            raise ValueError(f"model config: num_heads {self.num_heads} is not a multiple of "
+                             f"num_kv_heads {self.num_kv_heads}")  # fmt: skip
         if self.head_dim % 2:
             raise ValueError(f"model config: head_dim {self.head_dim} must be even for RoPE")
         rope_type = dict(self.rope_scaling).get("rope_type", "default")
@@ -85,20 +83,19 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     enable_prefix_caching: bool = True
-    num_threads: int = 0  # 0: leave torch's thread count as it is
+    num_threads: int = 1  # torch intra-op threads; 0 leaves torch's setting (see bench/llm.py)
 
     def __post_init__(self):
         if self.dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype {self.dtype!r} unsupported; dtypes: bf16, fp32")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
-        for name in ("kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        lows = {"kv_cache_bytes": 1, "max_num_seqs": 1, "max_num_batched_tokens": 1,
+                "max_model_len": 2, "num_threads": 0}  # fmt: skip
+        for name, low in lows.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
-                f"max_num_seqs ({self.max_num_seqs}): every running sequence decodes each step"
-            )
-        if self.num_threads < 0:
-            raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                             f"max_num_seqs ({self.max_num_seqs}): each running sequence decodes "
+                             "every step")  # fmt: skip

@@ -8,6 +8,7 @@ requests and aborts through a queue and receive deltas through callbacks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import queue
 import threading
@@ -89,7 +90,6 @@ class LLMEngine:
         self._stopping = False
         self.num_generated = 0
 
-    # ---- submitting (any thread) -------------------------------------------------------------
     def _make_seq(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> Sequence:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
@@ -123,7 +123,6 @@ class LLMEngine:
         self._inbox.put(("abort", request_id, None))
         self._wake.set()
 
-    # ---- the step loop (one thread) ------------------------------------------------------------
     def _drain_inbox(self) -> list[Delta]:
         deltas = []
         while True:
@@ -152,19 +151,16 @@ class LLMEngine:
             self.blocks.commit(seq)
         if samplers:
             tokens, logprobs, scores = sample(logits, samplers)
-            now = time.perf_counter()
             self.num_generated += len(tokens)
             for i, (seq, token) in enumerate(zip(samplers, tokens)):
-                delta = self._append(seq, token, logprobs[i] if logprobs else None, now)
+                delta = self._append(seq, token, logprobs[i] if logprobs else None)
                 delta.scores = scores[i] if scores else None
                 deltas.append(delta)
         return deltas
 
-    def _append(self, seq: Sequence, token: int, logprob: float | None, now: float) -> Delta:
+    def _append(self, seq: Sequence, token: int, logprob: float | None) -> Delta:
         p = seq.params
         seq.token_ids.append(token)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
         if p.logprobs:
             seq.logprobs.append(logprob)
         reason = None
@@ -241,7 +237,6 @@ class LLMEngine:
             self._thread.join()
             self._thread = None
 
-    # ---- front doors -------------------------------------------------------------------------
     def generate(
         self, prompts: list[Prompt], params: SamplingParams | list[SamplingParams] | None = None
     ) -> list[Completion]:
@@ -250,33 +245,28 @@ class LLMEngine:
         if len(plist) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
         seqs = [self._make_seq(p, sp, None) for p, sp in zip(prompts, plist)]
-        results: list[Completion | None] = [None] * len(seqs)
+        return [_completion(parts) for parts in self._run_all(seqs)]
+
+    def _run_all(self, seqs: list[Sequence]) -> list[list[Delta]]:
+        """Submit the sequences, wait until all have finished; the deltas of each, in order."""
+        parts: list[list[Delta]] = [[] for _ in seqs]
         done = threading.Semaphore(0)
 
-        def sink_for(i: int):
-            parts: list[Delta] = []
+        def sink(delta: Delta, i: int) -> None:
+            parts[i].append(delta)
+            if delta.finished:
+                done.release()
 
-            def sink(delta: Delta) -> None:
-                parts.append(delta)
-                if delta.finished:
-                    results[i] = _completion(parts)
-                    done.release()
-
-            return sink
-
-        self._submit_all(seqs, sink_for)
-        for _ in seqs:
-            done.acquire()
-        for completion in results:
-            if completion.finish_reason == "error":
-                raise RuntimeError(f"generation failed: {completion.text}")
-        return results
-
-    def _submit_all(self, seqs: list[Sequence], sink_for) -> None:
         self.start()
         for i, seq in enumerate(seqs):
-            self._inbox.put(("add", seq, sink_for(i)))
+            self._inbox.put(("add", seq, functools.partial(sink, i=i)))
         self._wake.set()
+        for _ in seqs:
+            done.acquire()
+        for deltas in parts:
+            if deltas[-1].finish_reason == "error":
+                raise RuntimeError(f"generation failed: {deltas[-1].error}")
+        return parts
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
@@ -309,25 +299,9 @@ class LLMEngine:
         """Per prompt, the log-probabilities of `token_ids` as its next token (prefill only)."""
         params = SamplingParams(max_tokens=1, temperature=0, score_token_ids=tuple(token_ids))
         seqs = [self._make_seq(p, params, None) for p in prompts]
-        rows: list[list[float] | None] = [None] * len(seqs)
-        done = threading.Semaphore(0)
-
-        def sink_for(i: int):
-            def sink(delta: Delta) -> None:
-                if delta.scores is not None:
-                    rows[i] = delta.scores
-                if delta.finished:
-                    done.release()
-
-            return sink
-
-        self._submit_all(seqs, sink_for)
-        for _ in seqs:
-            done.acquire()
+        rows = [deltas[-1].scores for deltas in self._run_all(seqs)]
         if any(row is None for row in rows):
-            raise RuntimeError(
-                "scoring failed: the engine stopped a request before its first token"
-            )
+            raise RuntimeError("scoring failed: a request was stopped before its first token")
         return rows
 
     def statistics(self) -> dict[str, float]:
@@ -343,16 +317,10 @@ class LLMEngine:
             "generated_tokens": self.num_generated,
         }
 
-    def kv_usage(self) -> tuple[int, int]:
-        """(tokens held by running sequences, token slots of the blocks they hold)."""
-        live = sum(len(s) for s in self.scheduler.running)
-        held = self.blocks.num_blocks - self.blocks.num_free
-        return live, held * self.blocks.block_size
-
 
 def _completion(parts: list[Delta]) -> Completion:
     last = parts[-1]
-    text = last.error if last.finish_reason == "error" else "".join(d.text for d in parts)
+    text = "".join(d.text for d in parts)
     logprobs = [x for d in parts for x in d.logprobs]
     return Completion(
         last.request_id, text, [t for d in parts for t in d.token_ids], last.finish_reason,

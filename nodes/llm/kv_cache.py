@@ -9,30 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
-import torch
-
 from nodes.llm.sequence import Sequence
-
-
-def allocate_kv_caches(
-    num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype, device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Zeroed K and V caches `[num_blocks, block_size, kv_heads, head_dim]` per layer (zeros, not
-    garbage: masked padding still goes through a matmul, and NaN * 0 is NaN)."""
-    shape = (num_blocks, block_size, kv_heads, head_dim)
-    return [
-        (
-            torch.zeros(shape, dtype=dtype, device=device),
-            torch.zeros(shape, dtype=dtype, device=device),
-        )
-        for _ in range(num_layers)
-    ]
-
-
-def num_blocks_for(budget_bytes: int, num_layers: int, block_size: int, kv_heads: int, head_dim: int,
-                   elem_bytes: int) -> int:  # fmt: skip
-    """How many blocks of K and V for every layer fit in `budget_bytes`."""
-    return budget_bytes // (2 * num_layers * block_size * kv_heads * head_dim * elem_bytes)
 
 
 class BlockManager:

@@ -7,7 +7,6 @@ import torch
 
 from nodes.llm.attention import AttentionMetadata, triton_available
 from nodes.llm.config import EngineConfig, ModelConfig
-from nodes.llm.kv_cache import allocate_kv_caches, num_blocks_for
 from nodes.llm.model import DTYPES, LlamaModel
 from nodes.llm.sequence import Sequence
 
@@ -22,18 +21,18 @@ class ModelRunner:
         max_len = min(config.max_model_len, model_config.max_position_embeddings)
         self.max_model_len = max_len
         self.model = LlamaModel(model_config, weights, config.dtype, config.device, max_len)
-        dtype = DTYPES[config.dtype]
-        elem = torch.finfo(dtype).bits // 8
-        kv, hd = model_config.num_kv_heads, model_config.head_dim
-        layers = model_config.num_layers
-        self.num_blocks = num_blocks_for(
-            config.kv_cache_bytes, layers, self.block_size, kv, hd, elem
-        )
+        dtype, kv, hd = DTYPES[config.dtype], model_config.num_kv_heads, model_config.head_dim
+        block_bytes = 2 * model_config.num_layers * self.block_size * kv * hd * dtype.itemsize
+        self.num_blocks = config.kv_cache_bytes // block_bytes  # K and V of every layer
         if self.num_blocks < 1:
             raise ValueError(f"kv_cache_bytes={config.kv_cache_bytes} holds no block of KV")
-        self.kv_caches = allocate_kv_caches(
-            layers, self.num_blocks, self.block_size, kv, hd, dtype, self.device
-        )
+        # zeros, not garbage: masked padding still goes through a matmul, and NaN * 0 is NaN
+        shape = (self.num_blocks, self.block_size, kv, hd)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=dtype, device=self.device),
+             torch.zeros(shape, dtype=dtype, device=self.device))
+            for _ in range(model_config.num_layers)
+        ]  # fmt: skip
         self.use_triton = triton_available(config.device)
 
     def run(self, batch: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
@@ -65,7 +64,7 @@ class ModelRunner:
                 decode_tables.append(table)
                 decode_lens.append(start + 1)
             else:
-                blocks = torch.tensor(table[: -(-(start + n) // bs)])
+                blocks = torch.tensor(table[: -(-(start + n) // bs)], device=self.device)
                 prefills.append((first, n, start + n, blocks))
             if start + n == len(seq):
                 logits_at.append(len(input_ids) - 1)

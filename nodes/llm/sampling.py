@@ -30,18 +30,14 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "score_token_ids", tuple(self.score_token_ids))
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
+        for ok, rule in (
+            (self.max_tokens >= 1, "max_tokens >= 1"), (self.temperature >= 0, "temperature >= 0"),
+            (0 < self.top_p <= 1, "0 < top_p <= 1"), (self.top_k >= 0, "top_k >= 0 (0 = off)"),
+            (self.repetition_penalty > 0, "repetition_penalty > 0"),
+            (all(self.stop), "stop strings not empty"),
+        ):  # fmt: skip
+            if not ok:
+                raise ValueError(f"sampling params: need {rule} ({self})")
 
     @property
     def greedy(self) -> bool:

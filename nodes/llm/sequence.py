@@ -18,31 +18,13 @@ class Status(enum.Enum):
 class Sequence:
     """Prompt plus generated tokens; `num_computed_tokens` of them have K/V in `block_table`."""
 
-    __slots__ = (
-        "arrival",
-        "block_hashes",
-        "block_table",
-        "finish_reason",
-        "first_token_time",
-        "generator",
-        "logprobs",
-        "num_cached_tokens",
-        "num_computed_tokens",
-        "num_preemptions",
-        "num_prompt_tokens",
-        "params",
-        "prefix_offset",
-        "read_offset",
-        "request_id",
-        "sent_chars",
-        "status",
-        "text",
-        "token_ids",
-    )  # fmt: skip
+    __slots__ = tuple(
+        "request_id token_ids num_prompt_tokens num_computed_tokens "  # noqa: SIM905
+        "num_cached_tokens block_table block_hashes status params finish_reason logprobs "
+        "generator text sent_chars prefix_offset read_offset arrival num_preemptions".split()
+    )
 
-    def __init__(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, arrival: float
-    ):
+    def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, arrival):
         self.request_id = request_id
         self.token_ids = list(prompt_ids)
         self.num_prompt_tokens = len(prompt_ids)
@@ -62,7 +44,6 @@ class Sequence:
         self.prefix_offset = max(0, len(prompt_ids) - 5)  # incremental detokenization window
         self.read_offset = len(prompt_ids)
         self.arrival = arrival
-        self.first_token_time: float | None = None
         self.num_preemptions = 0
 
     def __len__(self) -> int:
