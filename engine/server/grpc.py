@@ -4,6 +4,7 @@ and reflection services. It only translates between protobuf and `Repository`.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -171,15 +172,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     request_id=request.id,
                     **request_options(request),
                 )
-                async for outputs, final in events:
-                    if final and not outputs and not empty_final:
-                        continue
-                    response = pb.ModelInferResponse(
-                        model_name=request.model_name, model_version="1", id=request.id
-                    )
-                    encode_outputs(model, outputs, response)
-                    response.parameters["triton_final_response"].bool_param = final
-                    await write(pb.ModelStreamInferResponse(infer_response=response))
+                async with contextlib.aclosing(events):  # a dropped stream frees its work now
+                    async for outputs, final in events:
+                        if final and not outputs and not empty_final:
+                            continue
+                        response = pb.ModelInferResponse(
+                            model_name=request.model_name, model_version="1", id=request.id
+                        )
+                        encode_outputs(model, outputs, response)
+                        response.parameters["triton_final_response"].bool_param = final
+                        await write(pb.ModelStreamInferResponse(infer_response=response))
             except RequestError as exc:
                 await write(pb.ModelStreamInferResponse(error_message=str(exc)))
 

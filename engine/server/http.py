@@ -4,6 +4,7 @@ binary tensor extension that tritonclient.http uses), and Triton's `generate` / 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -236,12 +237,14 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         )
         started = False
         try:
-            async for outputs, _final in events:
-                if not started:
-                    await response.prepare(request)
-                    started = True
-                data = {"model_name": model.name, "model_version": "1"} | generate_outputs(outputs)
-                await response.write(f"data: {json.dumps(data)}\n\n".encode())
+            async with contextlib.aclosing(events):  # a dropped client frees its work now
+                async for outputs, _final in events:
+                    if not started:
+                        await response.prepare(request)
+                        started = True
+                    data = {"model_name": model.name, "model_version": "1"}
+                    data |= generate_outputs(outputs)
+                    await response.write(f"data: {json.dumps(data)}\n\n".encode())
         except RequestError as exc:
             if not started:
                 raise  # nothing sent yet: a plain error status

@@ -14,6 +14,7 @@ Embeddings use the first FP32 vector output (one dimension, not of size 1).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -185,10 +186,11 @@ def routes(repo: Repository) -> list[web.RouteDef]:
                 finish[0] = _decode(outputs["finish_reason"]) or "stop"
 
         if not body.get("stream"):
-            async for outputs, _final in events:
-                if out_name in outputs:
-                    pieces.append(_decode(outputs[out_name]))
-                note(outputs)
+            async with contextlib.aclosing(events):
+                async for outputs, _final in events:
+                    if out_name in outputs:
+                        pieces.append(_decode(outputs[out_name]))
+                    note(outputs)
             usage = _usage(counts, pieces)
             return web.json_response(
                 {"id": rid, "object": kind, "created": created, "model": model.name,
@@ -208,15 +210,16 @@ def routes(repo: Repository) -> list[web.RouteDef]:
 
         first = True
         try:
-            async for outputs, _final in events:
-                if first:
-                    await response.prepare(request)
-                note(outputs)
-                text = _decode(outputs[out_name]) if out_name in outputs else ""
-                if text or first:
-                    pieces.append(text)
-                    await send([choice(text, None, first)])
-                first = False
+            async with contextlib.aclosing(events):  # a dropped client frees its work now
+                async for outputs, _final in events:
+                    if first:
+                        await response.prepare(request)
+                    note(outputs)
+                    text = _decode(outputs[out_name]) if out_name in outputs else ""
+                    if text or first:
+                        pieces.append(text)
+                        await send([choice(text, None, first)])
+                    first = False
         except RequestError as exc:
             if first:
                 raise  # nothing sent yet: a plain error status
