@@ -1,8 +1,9 @@
 """Regenerate the Python stubs of the KServe v2 protos: `python -m protos.generate [--out DIR]`.
 
 Uses grpcio-tools (pinned in constraints.txt: its generated code must import beside the
-protobuf < 7 that tritonclient requires). protoc writes top-level imports (`import
-model_config_pb2`); they are rewritten to package-relative ones (`from protos import ...`).
+protobuf < 7 that tritonclient requires). Two rewrites follow protoc: its top-level imports
+(`import model_config_pb2`) become package-relative (`from protos import ...`), and the files
+register in `protos.pool.POOL` rather than the default pool (see protos/pool.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ PROTOS = ("model_config.proto", "grpc_service.proto")
 # protoc emits a *_pb2_grpc.py for every file; model_config has no service, so that one is empty.
 GENERATED = ("model_config_pb2.py", "grpc_service_pb2.py", "grpc_service_pb2_grpc.py")
 _TOP_LEVEL_IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
+_POOL_REWRITES = (
+    (
+        "from google.protobuf import descriptor_pool as _descriptor_pool",
+        "from protos.pool import POOL as _POOL",
+    ),
+    ("_descriptor_pool.Default().AddSerializedFile(", "_POOL.AddSerializedFile("),
+)
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -36,8 +44,10 @@ def generate(out_dir: Path) -> list[Path]:
     (out_dir / "model_config_pb2_grpc.py").unlink(missing_ok=True)
     paths = [out_dir / name for name in GENERATED]
     for path in paths:
-        text = path.read_text()
-        path.write_text(_TOP_LEVEL_IMPORT.sub(r"from protos import \1 as \2", text))
+        text = _TOP_LEVEL_IMPORT.sub(r"from protos import \1 as \2", path.read_text())
+        for old, new in _POOL_REWRITES:
+            text = text.replace(old, new)
+        path.write_text(text)
     return paths
 
 

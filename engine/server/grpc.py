@@ -223,11 +223,29 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (*names, reflection.SERVICE_NAME), server, pool=_reflection_pool()
+    )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC on {host}:{port}")
     return server, health_servicer, bound
+
+
+def _reflection_pool():
+    """protos.pool.POOL (our protos live there, not in the default pool), plus the health and
+    reflection protos so that reflection describes every service it lists."""
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from protos.pool import POOL
+
+    for module in (health_pb2, reflection_pb2):
+        try:
+            POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return POOL
 
 
 async def set_health(health_servicer, serving: bool) -> None:

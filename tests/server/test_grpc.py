@@ -145,6 +145,16 @@ def test_health_and_reflection(server):
         (reply,) = stub.ServerReflectionInfo(iter([ask]), metadata=tuple(AUTH.items()), timeout=5)
         services = {s.name for s in reply.list_services_response.service}
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
+        for symbol, file in [
+            ("inference.GRPCInferenceService", "grpc_service.proto"),
+            ("grpc.health.v1.Health", "grpc_health/v1/health.proto"),
+        ]:
+            ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+            (reply,) = stub.ServerReflectionInfo(
+                iter([ask]), metadata=tuple(AUTH.items()), timeout=5
+            )
+            protos = reply.file_descriptor_response.file_descriptor_proto
+            assert protos and file.encode() in protos[0], symbol
 
 
 def _error(call) -> InferenceServerException:

@@ -25,6 +25,22 @@ def test_stub_imports_are_package_relative():
     assert "from protos import model_config_pb2" in (PROTO_DIR / "grpc_service_pb2.py").read_text()
 
 
+def test_stubs_import_beside_tritonclient_and_agree_on_the_wire():
+    """Our stubs live in a private descriptor pool, so both import in one process."""
+    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
+    from protos import grpc_service_pb2 as ours
+
+    request = ours.ModelInferRequest(model_name="m", id="7")
+    tensor = request.inputs.add(name="q", datatype="BYTES", shape=[1, 1])
+    tensor.parameters["p"].bool_param = True
+    request.parameters["timeout"].int64_param = 1500
+    request.raw_input_contents.append(b"\x01\x00\x00\x00a")
+    theirs = service_pb2.ModelInferRequest.FromString(request.SerializeToString())
+    assert theirs.inputs[0].shape == [1, 1] and theirs.parameters["timeout"].int64_param == 1500
+    back = ours.ModelInferRequest.FromString(theirs.SerializeToString())
+    assert back == request
+
+
 def _our_descriptors(tmp_path: Path):
     """Our protos as FileDescriptorProtos, built by protoc without touching the default pool
     (tritonclient registers the same `inference.*` names in this process)."""
