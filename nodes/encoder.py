@@ -34,7 +34,7 @@ class EncoderParams(NodeParams):
     | max_length | 256                             | tokens per text; longer texts are truncated    |
     | pooling    | mean                            | mean (over the attention mask) or cls          |
     | normalize  | true                            | L2-normalise the embeddings                    |
-    | micro_batch| 64                              | texts per forward pass (sorted by length)      |
+    | micro_batch| 32                              | texts per forward pass (sorted by length)      |
     | threads    | none (torch's default)          | intra-op threads of torch / onnxruntime        |
     | cache_dir  | ~/.cache/pipectl/onnx           | where onnx exports are kept                    |
     | opset      | 17                              | ONNX opset of the export                       |
@@ -46,7 +46,7 @@ class EncoderParams(NodeParams):
     max_length: int = Field(256, ge=2, le=8192)
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
-    micro_batch: int = Field(64, ge=1, le=4096)
+    micro_batch: int = Field(32, ge=1, le=4096)
     threads: int | None = Field(None, ge=1)
     cache_dir: str | None = None
     opset: int = Field(17, ge=11, le=21)
