@@ -12,6 +12,7 @@ ratios node / default threshold and threshold 20 / default.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -89,8 +90,9 @@ def main() -> None:
     print(
         f"\nIndexFlatIP {args.count:,} x {args.dim}, top {TOP_K}, faiss {faiss.__version__}, "
         f"threads {args.threads or 'default'}, "
-        f"median of {args.rounds} alternating rounds of {args.seconds:g} s, "
-        f"{time.strftime('%Y-%m-%d')}\n"
+        f"median of {args.rounds} alternating rounds of {args.seconds:g} s, OMP_WAIT_POLICY "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {os.getloadavg()[0]:.1f}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}\n"
     )
     head = " | ".join(f"{name} q/s" for name in settings)
     print(f"| batch | {head} | node / default | 20 / default |")
