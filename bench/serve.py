@@ -6,7 +6,8 @@ pipelines called in-process through the executor, measured side by side in one r
 
 The server is `pipectl serve` in its own process; clients run in separate processes
 (--client-procs, threads inside each; one tritonclient client per thread), so the server's
-figures are not flattered by sharing its interpreter with the load generator. On a 2-core
+figures are not flattered by sharing its interpreter with the load generator. A `ServerLive` row
+(an empty RPC, same server and clients) gives the floor that gRPC and the clients alone impose. On a 2-core
 machine clients and server compete for the same cores: read the figures as a floor.
 Reference (Triton 2.51 via PyTriton, identity model, dynamic batching, gRPC, this machine kind):
 300 req/s with 1 client (p50 3.2 ms), 2,250 req/s with 32 clients (p50 13 ms).
@@ -32,11 +33,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PIPELINES = {"noop4": HERE / "pipelines" / "noop4.yaml", "embed": HERE / "pipelines" / "embed.yaml"}
 TRITON = {1: 300.0, 32: 2250.0}
+LIVE = "ServerLive"  # the floor: an empty RPC on the same server, same clients
 SENTENCE = "How do I read a file line by line in Python without loading it all into memory?"
 
 
 def request_inputs(pipeline: str) -> dict[str, np.ndarray]:
     """One request's inputs (batch dimension of 1)."""
+    if pipeline == LIVE:
+        return {}
     if pipeline == "noop4":
         return {"x": np.ones((1, 1), dtype=np.float32)}
     return {"text": np.array([[SENTENCE.encode()]], dtype=object)}
@@ -77,7 +81,10 @@ def client_main(url: str, pipeline: str, threads: int, warmup_s: float, duration
             begin = time.monotonic()
             if begin >= stop_at:
                 break
-            client.infer(pipeline, inputs)
+            if pipeline == LIVE:
+                client.is_server_live()
+            else:
+                client.infer(pipeline, inputs)
             totals[index] += 1
             if begin >= start_at:
                 out.append(time.monotonic() - begin)
@@ -232,7 +239,7 @@ def main() -> int:
     server, url = start_server(args.pipelines)
     try:
         for _ in range(args.rounds):
-            for pipeline, n in points:
+            for pipeline, n in [*points, *((LIVE, n) for n in args.concurrency)]:
                 r = over_grpc(url, server.pid, pipeline, n, args.client_procs, args.warmup, args.duration)  # fmt: skip
                 runs.setdefault((pipeline, n, "grpc"), []).append(r)
     finally:
