@@ -7,8 +7,10 @@ pipelines called in-process through the executor, measured side by side in one r
 The server is `pipectl serve` in its own process; clients run in separate processes
 (--client-procs, threads inside each; one tritonclient client per thread), so the server's
 figures are not flattered by sharing its interpreter with the load generator. A `ServerLive` row
-(an empty RPC, same server and clients) gives the floor that gRPC and the clients alone impose. On a 2-core
-machine clients and server compete for the same cores: read the figures as a floor.
+(an empty RPC, same server and clients) shows the ceiling that gRPC and the Python clients alone
+impose. On a 2-core machine clients and server compete for the same cores: read the figures as a
+floor. CPU per request (server process, all threads; client processes) is steadier than req/s
+on a shared machine.
 Reference (Triton 2.51 via PyTriton, identity model, dynamic batching, gRPC, this machine kind):
 300 req/s with 1 client (p50 3.2 ms), 2,250 req/s with 32 clients (p50 13 ms).
 """
