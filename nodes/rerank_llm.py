@@ -71,11 +71,19 @@ class LLMJudgeScorer:
         return self.tokenizer.hf.encode(text)
 
     def score(self, queries: list[str], passages: list[str]) -> np.ndarray:
-        """One FP32 score per pair, in order; pairs of one query are sent together so that its
-        prefix is computed once."""
+        """One FP32 score per pair, in order. The first pair of each query goes first, alone:
+        once its blocks are cached, the query's other pairs reuse its prefix (pairs prefilled
+        in the same step could not share it)."""
         prompts = [self.render(q, p) for q, p in zip(queries, passages, strict=True)]
         ids = self.yes_ids + self.no_ids
-        rows = self.engine.score_next_token(prompts, ids)
+        lead = sorted({q: i for i, q in reversed(list(enumerate(queries)))}.values())
+        rest = sorted(set(range(len(prompts))) - set(lead))
+        rows: list[list[float]] = [[] for _ in prompts]
+        for part in (lead, rest):
+            if part:
+                scored = self.engine.score_next_token([prompts[i] for i in part], ids)
+                for i, row in zip(part, scored, strict=True):
+                    rows[i] = row
         n_yes = len(self.yes_ids)
         out = np.empty(len(prompts), dtype=np.float32)
         for i, row in enumerate(rows):

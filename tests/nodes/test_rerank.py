@@ -304,3 +304,13 @@ def test_llm_judge_scores_match_transformers(judge):
             expected = torch.logsumexp(logp[yes], 0) - torch.logsumexp(logp[no], 0)
             got = out["scores"][out["ids"].tolist().index(row)]
             assert abs(float(expected) - float(got)) < 2e-3
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_llm_judge_computes_a_query_prefix_once(judge):
+    """The query's first pair runs first, so its other pairs find the shared blocks cached."""
+    blocks = judge.scorer.engine.blocks
+    before = blocks.cache_hits
+    judge.run_batch([_item("Which module reads compressed gzip files quickly?", OFF_TOPIC * 2)])
+    assert blocks.cache_hits - before >= 5 * blocks.block_size  # 5 later pairs: >= 1 block each
