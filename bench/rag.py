@@ -220,7 +220,7 @@ def main() -> None:
         Server(
             "baseline",
             [python, str(ROOT / "bench" / "rag_baseline.py"), "--port", str(port_b),
-             "--max-tokens", str(args.max_tokens)],
+             "--max-tokens", str(args.max_tokens), "--pipeline", str(served)],
             port_b,
             logs / "baseline.log",
         ),

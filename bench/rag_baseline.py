@@ -1,10 +1,11 @@
 """The RAG service a user would write without pipectl: one aiohttp handler that loads the same
 models once and, per request, calls encode, search, rerank and transformers `generate` in order.
 
-Same models, index and settings as pipelines/rag.yaml: all-MiniLM-L6-v2 (bf16, mean pooling), the
-faiss index in samples/index (top 20), SmolLM2-135M-Instruct (bf16) as the relevance judge (same
-prompt, passages cut to 128 tokens, log P(yes) - log P(no) + 20 x retrieval score) keeping 4
-passages, and SmolLM2 answering from them with the same chat template, greedy. It serves
+Same models, index and settings as pipelines/rag.yaml (top_k, top_n, max_length and prior_weight
+are read from it): all-MiniLM-L6-v2 (bf16, mean pooling), the faiss index in samples/index,
+SmolLM2-135M-Instruct (bf16) as the relevance judge (same prompt, passages cut to max_length
+tokens, log P(yes) - log P(no) + prior_weight x retrieval score), and SmolLM2 answering from the
+kept passages with the same chat template, greedy. It serves
 the route pipectl serves, `POST /v2/models/rag/generate_stream` with `{"query": ...}`, as
 server-sent events: `{"answer": delta}` per token, then `{"sources": [...]}`.
 
@@ -35,7 +36,7 @@ PROMPT_FILE = ROOT / "pipelines" / "rag_prompt.j2"
 class RagService:
     """Loads everything once; `answer(query, on_text)` runs one request start to end."""
 
-    def __init__(self, index_dir: Path, top_k: int, top_n: int, max_tokens: int, threads: int):
+    def __init__(self, index_dir: Path, settings: dict, max_tokens: int, threads: int):
         import faiss
         import jinja2.sandbox
         import torch
@@ -60,14 +61,16 @@ class RagService:
         self.no = sorted(set(first[len(YES_WORDS) :]))
         env = jinja2.sandbox.SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self.template = env.from_string(PROMPT_FILE.read_text())
-        self.top_k, self.top_n, self.max_tokens = top_k, top_n, max_tokens
+        self.top_k, self.top_n = settings["top_k"], settings["top_n"]
+        self.cut_tokens, self.prior_weight = settings["max_length"], settings["prior_weight"]
+        self.max_tokens = max_tokens
 
     def _chat(self, messages: list[dict]) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _cut(self, text: str, max_tokens: int = 128) -> str:
+    def _cut(self, text: str) -> str:
         ids = self.tok.encode(text, add_special_tokens=False)
-        return text if len(ids) <= max_tokens else self.tok.decode(ids[:max_tokens])
+        return text if len(ids) <= self.cut_tokens else self.tok.decode(ids[: self.cut_tokens])
 
     def answer(self, query: str, on_text) -> list[str]:
         torch = self.torch
@@ -86,7 +89,8 @@ class RagService:
             batch = self.tok(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
             logp = torch.log_softmax(self.llm(**batch).logits[:, -1].float(), -1)
             judged = torch.logsumexp(logp[:, self.yes], -1) - torch.logsumexp(logp[:, self.no], -1)
-            scores = judged + 20.0 * torch.from_numpy(similarity[0][: len(rows)])
+            prior = torch.from_numpy(similarity[0][: len(rows)])
+            scores = judged + self.prior_weight * prior
             best = [rows[i] for i in scores.argsort(descending=True)[: self.top_n].tolist()]
             rendered = self.template.render(query=query, passages=[self.texts[r] for r in best])
             prompt = self._chat(json.loads(rendered))
@@ -105,6 +109,20 @@ class RagService:
             if text:
                 on_text(text)
         worker.join()
+
+
+def pipeline_settings(path: Path) -> dict:
+    """top_k of the search node and top_n, max_length, prior_weight of the rerank node."""
+    import yaml
+
+    nodes = yaml.safe_load(path.read_text())["nodes"]
+    rerank = nodes["rerank"]["params"]
+    return {
+        "top_k": nodes["search"]["params"]["top_k"],
+        "top_n": rerank.get("top_n", 4),
+        "max_length": rerank.get("max_length", 512),
+        "prior_weight": float(rerank.get("prior_weight", 0.0)),
+    }
 
 
 def make_app(service: RagService):
@@ -152,14 +170,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--index", type=Path, default=ROOT / "samples" / "index")
-    parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--top-n", type=int, default=4)
+    parser.add_argument("--pipeline", type=Path, default=ROOT / "pipelines" / "rag.yaml")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
     from aiohttp import web
 
-    service = RagService(args.index, args.top_k, args.top_n, args.max_tokens, args.threads)
+    settings = pipeline_settings(args.pipeline)
+    service = RagService(args.index, settings, args.max_tokens, args.threads)
     web.run_app(make_app(service), host=args.host, port=args.port, print=None)
 
 
