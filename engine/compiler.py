@@ -85,7 +85,7 @@ def _placement_request(spec: PipelineSpec, info: NodeInfo) -> PlacementRequest:
     assert info.kind is not None and info.params is not None
     where = f"{spec.file}:{spec.line(f'nodes.{info.name}')}: "
     try:
-        memory = int(info.kind.memory_bytes(info.params))
+        memory = int(info.kind.memory_bytes_in(info.params, spec.base_dir))
     except Exception as exc:
         raise PlacementError(f"{where}node {info.name!r}: no memory estimate: {exc}") from exc
     return PlacementRequest(

@@ -172,7 +172,7 @@ class _Checker:
             self.add("E-PARAMS-VALUE", f"{base}.params", f"{info.spec.kind} params: {exc}")
             return
         try:
-            info.ports = info.kind.ports(info.params)
+            info.ports = info.kind.ports_in(info.params, self.spec.base_dir)
         except Exception as exc:  # noqa: BLE001 - a kind bug or params it refuses
             self.add("E-KIND-PORTS", f"{base}.params", f"{info.spec.kind}: {exc}")
 

@@ -7,6 +7,7 @@ name → numpy array whose shape excludes the batch dimension; BYTES are object 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,13 +65,29 @@ class Node:
         self.device = "cpu"
 
     @classmethod
-    def ports(cls, params: NodeParams) -> Ports:
+    def ports(cls, params: NodeParams, base_dir: str | Path | None = None) -> Ports:
+        """The node's ports; `base_dir` (the pipeline file's folder) resolves relative paths in
+        params, e.g. to read a model's or an index's vector size."""
         raise NotImplementedError(f"{cls.__name__}.ports")
 
     @classmethod
-    def memory_bytes(cls, params: NodeParams) -> int:
+    def memory_bytes(cls, params: NodeParams, base_dir: str | Path | None = None) -> int:
         """Estimated resident memory of one loaded instance, for placement."""
         return 0
+
+    @classmethod
+    def ports_in(cls, params: NodeParams, base_dir: str | Path | None) -> Ports:
+        """`ports`, passing `base_dir` to kinds that take it (third-party kinds may not)."""
+        if _takes_base_dir(cls.ports):
+            return cls.ports(params, base_dir=base_dir)
+        return cls.ports(params)
+
+    @classmethod
+    def memory_bytes_in(cls, params: NodeParams, base_dir: str | Path | None) -> int:
+        """`memory_bytes`, passing `base_dir` to kinds that take it."""
+        if _takes_base_dir(cls.memory_bytes):
+            return cls.memory_bytes(params, base_dir=base_dir)
+        return cls.memory_bytes(params)
 
     def load(self, device: str) -> None:
         """Load weights onto `device` ('cpu' or 'cuda:N'); called once, in the instance's worker."""
@@ -89,3 +106,7 @@ class Node:
 
     def close(self) -> None:
         """Release what `load` took."""
+
+
+def _takes_base_dir(method) -> bool:
+    return "base_dir" in inspect.signature(method).parameters

@@ -129,3 +129,19 @@ def test_warnings_travel_in_the_plan():
             "(outputs: text, length) (wire one of its outputs, or remove the node)"
         ),
     )
+
+
+def test_kinds_read_files_relative_to_the_pipeline_file(tmp_path):
+    """A faiss_search node's vector size comes from its index's meta.json beside the pipeline file,
+    whatever the current directory; so do the encoder's dim and the memory estimate."""
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "meta.json").write_text('{"dim": 7, "count": 3}', encoding="utf-8")
+    (tmp_path / "p.yaml").write_text(
+        "apiVersion: pipectl/v1\nname: p\ninputs: {v: {dtype: FP32, shape: [7]}}\n"
+        "outputs: {ids: search.ids}\n"
+        "nodes:\n  search:\n    kind: faiss_search\n    params: {index: idx, top_k: 2}\n"
+        "    inputs: {vector: $inputs.v}\n",
+        encoding="utf-8",
+    )
+    plan = compile_file(tmp_path / "p.yaml", devices=[CPU])
+    assert plan.nodes["search"].ports.inputs["vector"].shape == (7,)
