@@ -78,15 +78,12 @@ def _prefill(q, k, v, k_cache, v_cache, start, ctx, blocks):
         keys, values = _gather(k_cache, blocks)[:ctx], _gather(v_cache, blocks)[:ctx]
         q_pos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
         mask, causal = torch.arange(ctx, device=q.device).unsqueeze(0) <= q_pos, False
+    # 4-D inputs take torch's CPU flash kernel; 3-D ones fall back to the slow math path
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1),
-        keys.transpose(0, 1),
-        values.transpose(0, 1),
-        attn_mask=mask,
-        is_causal=causal,
-        enable_gqa=True,
-    )
-    return out.transpose(0, 1).reshape(n, -1)
+        q.transpose(0, 1)[None], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
+        attn_mask=mask, is_causal=causal, enable_gqa=True,
+    )  # fmt: skip
+    return out[0].transpose(0, 1).reshape(n, -1)
 
 
 def triton_available(device: str) -> bool:
