@@ -2,8 +2,8 @@
 `top_n` passages.
 
 Backends: `cross_encoder` (a Hugging Face sequence-classification folder, torch or onnxruntime;
-nodes/rerank_cross.py) and `llm_judge` (the log-probability that an LLM answers "yes" to "is this
-passage relevant?", prefill only, on the nodes/llm engine; nodes/rerank_llm.py).
+nodes/rerank_cross.py) and `llm_judge` (log P(yes) - log P(no) of an LLM's next token after "does
+the document answer the question?", prefill only, on the nodes/llm engine; nodes/rerank_llm.py).
 
 Ports: `query` BYTES [1], `docs` BYTES [-1], optional `ids` INT64 [-1], `keys` BYTES [-1] and
 `prior` FP32 [-1] in (one per doc); `docs`, `scores`, `ids` and `keys` out, best first, at most
