@@ -8,6 +8,7 @@ clients, pipectl and the baseline are driven in turn, never at the same time. Ev
 
     python bench/rag.py            # 1, 8, 32 clients
     python bench/rag.py --quick    # fewer requests, for a smoke run
+    python bench/rag.py --no-rerank  # both systems without the rerank step (search keeps 4)
 
 Prints requests/s, p50/p99 latency and p50 time to first token per system and level, and the
 ratios pipectl / baseline.
@@ -75,6 +76,19 @@ def question_pool() -> list[str]:
     rows = [json.loads(line) for line in (ROOT / "samples" / "corpus.jsonl").open()]
     names = [r["id"] for r in rows if not r["id"].startswith("topic.")]
     return QUESTIONS + [f"What does {name} do?" for name in names[::7]]
+
+
+def without_rerank(text: str) -> str:
+    """The pipeline with its rerank node removed: search keeps top_n passages, in its order."""
+    import yaml
+
+    spec = yaml.safe_load(text)
+    nodes = spec["nodes"]
+    rerank = nodes.pop("rerank")
+    nodes["search"]["params"]["top_k"] = rerank["params"].get("top_n", 4)
+    nodes["prompt"]["inputs"]["passages"] = "search.texts"
+    spec["outputs"] |= {"sources": "search.keys", "passages": "search.texts"}
+    return yaml.safe_dump(spec, sort_keys=False)
 
 
 def free_port() -> int:
@@ -195,6 +209,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
     parser.add_argument("--max-tokens", type=int, default=64, help="answer length (both systems)")
     parser.add_argument("--pipeline", default=str(ROOT / "pipelines" / "rag.yaml"))
+    parser.add_argument("--no-rerank", action="store_true", help="drop the rerank step in both")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rag.json")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -205,7 +220,8 @@ def main() -> None:
     served = logs / "rag.yaml"
     # the same answer length for both: the benchmark's copy of the pipeline sets max_tokens
     text = pipeline.read_text().replace("max_tokens: 128", f"max_tokens: {args.max_tokens}")
-    served.write_text(text.replace("../samples/", f"{ROOT}/samples/"))
+    text = text.replace("../samples/", f"{ROOT}/samples/")
+    served.write_text(without_rerank(text) if args.no_rerank else text)
     (logs / "rag_steps.py").write_text((pipeline.parent / "rag_steps.py").read_text())
     (logs / "rag_prompt.j2").write_text((pipeline.parent / "rag_prompt.j2").read_text())
     port_a, port_b = free_port(), free_port()
@@ -225,7 +241,8 @@ def main() -> None:
             logs / "baseline.log",
         ),
     ]  # fmt: skip
-    report: dict = {"max_tokens": args.max_tokens, "levels": {}, "load_s": {}}
+    report: dict = {"max_tokens": args.max_tokens, "rerank": not args.no_rerank}
+    report |= {"levels": {}, "load_s": {}}
     pool = question_pool()
     warmup, pool = pool[-2:], pool[:-2]
     try:

@@ -62,7 +62,9 @@ class RagService:
         env = jinja2.sandbox.SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self.template = env.from_string(PROMPT_FILE.read_text())
         self.top_k, self.top_n = settings["top_k"], settings["top_n"]
-        self.cut_tokens, self.prior_weight = settings["max_length"], settings["prior_weight"]
+        self.rerank = settings["rerank"]
+        self.cut_tokens = settings.get("max_length", 0)
+        self.prior_weight = settings.get("prior_weight", 0.0)
         self.max_tokens = max_tokens
 
     def _chat(self, messages: list[dict]) -> str:
@@ -81,6 +83,17 @@ class RagService:
             vector = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
             similarity, found = self.index.search(vector.float().numpy(), self.top_k)
             rows = [int(i) for i in found[0] if i >= 0]
+            best = self._rerank(query, rows, similarity) if self.rerank else rows[: self.top_n]
+            rendered = self.template.render(query=query, passages=[self.texts[r] for r in best])
+            prompt = self._chat(json.loads(rendered))
+            ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)
+        self._generate(ids, on_text)
+        return [self.keys[r] for r in best]
+
+    def _rerank(self, query: str, rows: list[int], similarity) -> list[int]:
+        """The judge's best top_n rows (same prompt and scoring as the rerank node)."""
+        torch = self.torch
+        with torch.inference_mode():
             prompts = []
             for r in rows:
                 text = DEFAULT_JUDGE_PROMPT.format(query=query, passage=self._cut(self.texts[r]))
@@ -91,12 +104,7 @@ class RagService:
             judged = torch.logsumexp(logp[:, self.yes], -1) - torch.logsumexp(logp[:, self.no], -1)
             prior = torch.from_numpy(similarity[0][: len(rows)])
             scores = judged + self.prior_weight * prior
-            best = [rows[i] for i in scores.argsort(descending=True)[: self.top_n].tolist()]
-            rendered = self.template.render(query=query, passages=[self.texts[r] for r in best])
-            prompt = self._chat(json.loads(rendered))
-            ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)
-        self._generate(ids, on_text)
-        return [self.keys[r] for r in best]
+            return [rows[i] for i in scores.argsort(descending=True)[: self.top_n].tolist()]
 
     def _generate(self, ids, on_text) -> None:
         from transformers import TextIteratorStreamer
@@ -112,12 +120,17 @@ class RagService:
 
 
 def pipeline_settings(path: Path) -> dict:
-    """top_k of the search node and top_n, max_length, prior_weight of the rerank node."""
+    """top_k of the search node and top_n, max_length, prior_weight of the rerank node (or
+    rerank False when the pipeline has none)."""
     import yaml
 
     nodes = yaml.safe_load(path.read_text())["nodes"]
+    if "rerank" not in nodes:  # the pipeline without its reranker: keep the search order
+        top_k = nodes["search"]["params"]["top_k"]
+        return {"rerank": False, "top_k": top_k, "top_n": top_k}
     rerank = nodes["rerank"]["params"]
     return {
+        "rerank": True,
         "top_k": nodes["search"]["params"]["top_k"],
         "top_n": rerank.get("top_n", 4),
         "max_length": rerank.get("max_length", 512),
