@@ -51,7 +51,7 @@ def make_prompts(tokenizer, count: int, length: int) -> list[list[int]]:
 
 
 def ours_throughput(engine, prompts, new_tokens):
-    """tokens/s of generate() over all prompts, and the live share of held KV slots at steady state."""
+    """tokens/s of generate() over all prompts; live share of held KV slots at steady state."""
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     samples, stop = [], threading.Event()
 
@@ -91,8 +91,8 @@ def hf_static(model, prompts, new_tokens, pad_id) -> float:
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     start = time.perf_counter()
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)  # fmt: skip
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                         min_new_tokens=new_tokens, pad_token_id=pad_id)  # fmt: skip
     assert out.shape[1] == width + new_tokens
     return len(prompts) * new_tokens / (time.perf_counter() - start)
 
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="bf16,fp32")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--thread-sweep", action="store_true",
-                    help="also time ours at 1 and 2 threads (16 prompts x 32 new tokens)")  # fmt: skip
+                    help="also time ours at 1 and 2 threads (16 prompts x 32 tokens)")  # fmt: skip
     ap.add_argument("--hf-batch1-prompts", type=int, default=8)
     args = ap.parse_args()
     n, plen, new, shared = (8, 100, 16, 200) if args.quick else (64, 100, 128, 1000)

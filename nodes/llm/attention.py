@@ -1,10 +1,10 @@
-"""Paged attention over a KV cache laid out `[num_blocks, block_size, kv_heads, head_dim]` per layer.
+"""Paged attention over a KV cache laid out `[num_blocks, block_size, kv_heads, head_dim]`.
 
-One interface, `attend(q, k, v, k_cache, v_cache, meta)`: it writes the batch's new K/V into the cache at
-`meta.slot_mapping` and returns the attention output. On CPU (the reference) decodes gather their blocks
-for the whole batch with `index_select` and run a grouped matmul (query heads viewed per KV head, no
-repeat of K/V); prefill chunks run SDPA one sequence at a time. On CUDA with Triton a paged kernel reads
-the blocks in place for every token.
+One interface, `attend(q, k, v, k_cache, v_cache, meta)`: it writes the batch's new K/V into the
+cache at `meta.slot_mapping` and returns the attention output. On CPU (the reference) decodes
+gather their blocks for the whole batch with `index_select` and run a grouped matmul (query heads
+viewed per KV head, no repeat of K/V); prefill chunks run SDPA one sequence at a time. On CUDA
+with Triton a paged kernel reads the blocks in place for every token.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 @dataclass(slots=True)
 class AttentionMetadata:
-    """Where each token of a flat batch goes; decodes (one token each) come first, then prefill chunks.
+    """Where each token of a flat batch goes; decodes (one token each) first, then prefill chunks.
 
-    Prefill entries are (first token index, chunk length, context length after the chunk, block ids).
+    Prefill entries: (first token index, chunk length, context length after the chunk, blocks).
     """
 
     slot_mapping: torch.Tensor  # [T] int64: block * block_size + offset of each new token

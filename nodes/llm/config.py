@@ -1,4 +1,4 @@
-"""Configuration of the LLM engine: the model's shape and the engine's limits, frozen and checked."""
+"""Configuration of the LLM engine: the model's shape and the engine's limits, checked."""
 
 from __future__ import annotations
 

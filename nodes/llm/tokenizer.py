@@ -34,7 +34,7 @@ class Tokenizer:
         return self.hf.decode(ids, skip_special_tokens=True)
 
     def apply_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of a chat rendered with the model's template, ready for the assistant's turn."""
+        """Token ids of a chat in the model's template, ready for the assistant's turn."""
         if not self.hf.chat_template:
             raise ValueError("this model's tokenizer has no chat template; send a plain prompt")
         text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

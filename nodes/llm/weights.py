@@ -1,7 +1,7 @@
 """Weights and config from a Hugging Face folder (config.json + safetensors) or a GGUF file.
 
-Tensors come back under Hugging Face names without the `model.` prefix (`layers.0.self_attn.q_proj.weight`),
-as float32 on CPU; the model casts them to its dtype.
+Tensors come back under Hugging Face names without the `model.` prefix
+(`layers.0.self_attn.q_proj.weight`), as float32 on CPU; the model casts them to its dtype.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def smollm2_tokenizer(smollm2_path):
 
 
 def save_tiny_llama(folder, tokenizer=None, seed=0, **overrides):
-    """A random LlamaForCausalLM saved to `folder` (with `tokenizer` when given); returns the model."""
+    """A random LlamaForCausalLM saved to `folder` (with `tokenizer` when given); returns it."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -61,7 +61,7 @@ def save_llama():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
-    """A tiny random Llama (GQA 4/2, tied embeddings) with SmolLM2's tokenizer: an engine in a second."""
+    """A tiny random Llama (GQA 4/2, tied embeddings) with SmolLM2's tokenizer; loads fast."""
     folder = tmp_path_factory.mktemp("tiny_llama")
     save_tiny_llama(folder, smollm2_tokenizer, hidden_size=128, num_attention_heads=4)
     return folder

@@ -76,8 +76,8 @@ def test_stop_strings_stop_tokens_and_max_tokens(tiny_model_dir):
         )[0]
         assert base.finish_reason == "length" and base.completion_tokens == 20
         stop_token = base.token_ids[5]
-        cut = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=0,
-                                                       stop_token_ids=(stop_token,)))[0]  # fmt: skip
+        by_token = SamplingParams(max_tokens=20, temperature=0, stop_token_ids=(stop_token,))
+        cut = engine.generate([prompt], by_token)[0]
         assert cut.finish_reason == "stop"
         assert cut.token_ids == base.token_ids[: base.token_ids.index(stop_token) + 1]
         stop = base.text[len(base.text) // 2 :][:3]

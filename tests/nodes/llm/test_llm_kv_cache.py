@@ -1,6 +1,6 @@
-"""Block accounting as a property: random submits, steps and aborts through the real engine on a tiny
-model with a small KV cache and shared prefixes; no writable block ever has two owners, reference
-counts equal the holders, and every block is free at the end."""
+"""Block accounting as a property: random submits, steps and aborts through the real engine on a
+tiny model with a small KV cache and shared prefixes. No writable block ever has two owners,
+reference counts equal the holders, and every block is free at the end."""
 
 from __future__ import annotations
 

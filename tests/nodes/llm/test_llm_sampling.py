@@ -1,4 +1,4 @@
-"""The sampler on hand-made logits: greedy, temperature, top-k, top-p, penalties, seeds, logprobs."""
+"""The sampler on hand-made logits: greedy, temperature, top-k/p, penalties, seeds, logprobs."""
 
 from __future__ import annotations
 
