@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 
-from engine.compiler import compile_file
-from engine.errors import GraphError, PlacementError, SpecError
+from engine.commands.compiling import compile_or_report
 from engine.plan import Plan
 
 
@@ -24,14 +23,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        plan = compile_file(args.file)
-    except (SpecError, GraphError) as exc:
-        for issue in exc.issues:
-            print(issue.format(), file=sys.stderr)
-        return 1
-    except PlacementError as exc:
-        print(f"placement: {exc}", file=sys.stderr)
+    plan = compile_or_report(args.file)
+    if plan is None:
         return 1
     if args.output == "json":
         print(json.dumps(plan.to_dict(), indent=2))

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import GraphError, PipelineError, PlacementError, RequestError, SpecError
+from engine.commands.compiling import compile_or_report
+from engine.errors import PipelineError, RequestError
 from engine.plan import Plan
 from engine.result import NodeTrace, Result
 from engine.tensors import coerce_input, to_jsonable
@@ -63,16 +64,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.compiler import compile_file
-
-    try:
-        plan = compile_file(args.file)
-    except (SpecError, GraphError) as exc:
-        for issue in exc.issues:
-            print(issue.format(), file=sys.stderr)
-        return 1
-    except PlacementError as exc:
-        print(f"placement: {exc}", file=sys.stderr)
+    plan = compile_or_report(args.file)
+    if plan is None:
         return 1
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()] if args.outputs else None
     try:

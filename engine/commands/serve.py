@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 
-from engine.errors import GraphError, PlacementError, SpecError
+from engine.commands.compiling import compile_or_report
 
 
 def add_parser(subparsers) -> None:
@@ -47,20 +47,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.compiler import compile_file
     from engine.server.app import ServeOptions, serve
 
     plans = []
     for path in args.files:
-        try:
-            plans.append(compile_file(path))
-        except (SpecError, GraphError) as exc:
-            for issue in exc.issues:
-                print(issue.format(), file=sys.stderr)
+        plan = compile_or_report(path)
+        if plan is None:
             return 1
-        except PlacementError as exc:
-            print(f"{path}: placement: {exc}", file=sys.stderr)
-            return 1
+        plans.append(plan)
     names = [p.name for p in plans]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
