@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if (
+    TYPE_CHECKING
+):  # torch is imported where sampling runs: the llm node's params validate without it
+    import torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,8 @@ class SamplingParams:
 
 def apply_penalties(logits: torch.Tensor, token_ids: list[int], num_prompt: int, params) -> None:
     """In place on one row: repetition penalty on prompt and output tokens, presence on output."""
+    import torch
+
     if params.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
         values = logits[seen]
@@ -58,6 +64,8 @@ def apply_penalties(logits: torch.Tensor, token_ids: list[int], num_prompt: int,
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Mask (to -inf) all but each row's top-k tokens and its smallest top-p nucleus."""
+    import torch
+
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     rank = torch.arange(logits.shape[-1]).unsqueeze(0)
     drop = (top_k.unsqueeze(1) > 0) & (rank >= top_k.unsqueeze(1))
@@ -72,6 +80,8 @@ def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor)
 def sample(logits: torch.Tensor, seqs: list):
     """One token per row of float32 `logits` [S, V] for `seqs`. Returns (tokens, logprobs of the
     chosen tokens or None, per row the logprobs of its `score_token_ids` or None)."""
+    import torch
+
     params = [s.params for s in seqs]
     for i, (seq, p) in enumerate(zip(seqs, params)):
         if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0:

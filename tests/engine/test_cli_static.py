@@ -157,3 +157,24 @@ def test_validate_in_a_fresh_process_does_not_import_torch(write_pipeline):
         timeout=60,
     )
     assert schema.returncode == 0 and '"apiVersion"' in schema.stdout
+
+
+def test_validating_the_shipped_pipelines_loads_no_model_library():
+    """Every real kind (encoder, faiss_search, rerank, llm, template, python) validates without
+    torch, faiss, onnxruntime, transformers or grpc, so `pipectl validate` starts fast."""
+    files = sorted(str(p) for p in (ROOT / "pipelines").glob("*.yaml"))
+    code = (
+        "import sys\n"
+        "from engine.cli import main\n"
+        f"rc = main(['validate', *{files!r}])\n"
+        "heavy = sorted(m for m in ('torch', 'faiss', 'onnxruntime', 'transformers', 'grpc')"
+        " if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "heavy: []" in proc.stdout
