@@ -36,11 +36,14 @@ def error_response(exc: RequestError) -> web.Response:
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     """RequestErrors as `{"error": ...}` with the matching status; an oversized body as 413 with
-    the limit in the message."""
+    the limit in the message; a client gone mid-stream ends its request quietly (its work was
+    already cancelled when the stream closed)."""
     try:
         return await handler(request)
     except RequestError as exc:
         return error_response(exc)
+    except ConnectionResetError:
+        return web.Response(status=499, text="client closed the connection")
     except web.HTTPRequestEntityTooLarge as exc:
         return web.json_response(
             {

@@ -148,3 +148,39 @@ def test_completions_streamed_and_not(oai):
         c.choices[0].text for c in oai.completions.create(model="words", prompt="p q", stream=True)
     ]
     assert "".join(parts) == "echo: p q" and len(parts) >= 3
+
+
+def test_a_client_that_disconnects_mid_stream_is_not_an_error(stream_server):
+    """Closing an SSE stream after the first event frees the request quietly (no traceback in the
+    log) and the server keeps serving."""
+    import socket
+    import time
+
+    host, port = stream_server.http_url.split(":")
+    words = " ".join(f"w{i}" for i in range(60))
+    body = json.dumps({"prompt": words, "max_tokens": 60}).encode()
+    for route in ("/v2/models/words/generate_stream", "/v1/completions"):
+        payload = (
+            body
+            if route.startswith("/v2")
+            else json.dumps(
+                {"model": "words", "prompt": words, "max_tokens": 60, "stream": True}
+            ).encode()
+        )
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            received = b""
+            for _ in range(50):  # headers and the first event may come in separate reads
+                received += sock.recv(4096)
+                if b"data: " in received:
+                    break
+            assert b"data: " in received
+    time.sleep(
+        1.5
+    )  # the stream would still be writing (60 words x 10 ms) when it finds the peer gone
+    assert "Error handling request" not in stream_server.log_text()
+    test_generate_stream_sends_server_sent_events(stream_server)
