@@ -98,6 +98,22 @@ class Executor:
         self._schedule(None)  # fail early on a bad condition
         self._started = True
 
+    def view(self, plan: Plan) -> Executor:
+        """An executor for `plan`, a sub-plan of this one's (e.g. one node served alone), that
+        runs on this executor's loaded instances: the same batchers and streaming nodes, so
+        nothing is loaded twice and its requests batch with this executor's."""
+        if not self._started:
+            raise Unavailable(f"model {plan.name!r}: its pipeline is not loaded")
+        missing = [n for n in plan.nodes if n not in self.batchers and n not in self._streamers]
+        if missing:
+            raise ValueError(f"{plan.name!r} is not a sub-plan: no nodes {', '.join(missing)}")
+        view = Executor(plan)
+        view.batchers = {n: self.batchers[n] for n in plan.nodes if n in self.batchers}
+        view._streamers = self._streamers
+        view._stream_stats = self._stream_stats
+        view._started = True
+        return view
+
     def _load_streamer(self, kind, name: str, device: str, errors: list, on_loaded) -> None:
         try:
             node = kind(self.plan.nodes[name].params, self.plan.base_dir)

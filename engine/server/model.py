@@ -117,14 +117,8 @@ def new_executor(plan: Plan):
 
 
 def shared_executor(parent, plan: Plan):
-    """An executor for the sub-plan `plan` that runs on `parent`'s loaded instances: the same
-    batchers (their results come back through `parent`, which hands each to its own request)
-    and the same streaming node instances. Nothing is loaded twice."""
-    executor = new_executor(plan) if parent is not None else None
-    if executor is None or type(executor) is not type(parent):
+    """An executor for the sub-plan `plan` that runs on `parent`'s loaded instances (nothing is
+    loaded twice; see Executor.view)."""
+    if parent is None:
         raise Unavailable(f"model {plan.name!r}: its pipeline is not loaded")
-    executor.batchers = {n: parent.batchers[n] for n in plan.nodes if n in parent.batchers}
-    executor._streamers = parent._streamers
-    executor._stream_stats = parent._stream_stats
-    executor._started = True
-    return executor
+    return parent.view(plan)

@@ -14,6 +14,7 @@ from engine.compiler import compile_file
 from engine.errors import DeadlineExceeded, InvalidInput, NodeError, QueueFull, Unavailable
 from engine.executor import Executor
 from engine.placement import GIB, Device
+from engine.plan import Source
 
 CPU = [Device("cpu", "cpu", 32 * GIB)]
 HEAD = """
@@ -386,3 +387,31 @@ def test_requests_from_two_loops_share_one_batch(start):
     assert time.monotonic() - begin < 1.0  # the batch filled; nobody waited for the delay
     assert mine.outputs["y"].tolist() == [2.0] and theirs.outputs["y"].tolist() == [4.0]
     assert ex.statistics()["a"]["batch_sizes"] == {2: 1}
+
+
+def test_a_view_runs_a_sub_plan_on_the_loaded_instances(write_pipeline):
+    """Executor.view serves a sub-plan (one node) with the parent's batchers: nothing loads twice,
+    results are right, and an unstarted parent or a plan that is not a sub-plan is refused."""
+    import dataclasses
+
+    text = HEAD + "outputs: {y: b.y}\nnodes:" + fn_node("a", "double", "$inputs.x")
+    plan = compile_file(write_pipeline(text + fn_node("b", "double", "a.y")), devices=CPU)
+    sub = dataclasses.replace(
+        plan,
+        name="t.a",
+        nodes={"a": plan.nodes["a"]},
+        outputs={"y": Source("a", "y")},
+    )
+    parent = Executor(plan)
+    with pytest.raises(Unavailable):
+        parent.view(sub)
+    parent.start()
+    try:
+        view = parent.view(sub)
+        assert view.batchers["a"] is parent.batchers["a"]
+        assert view.submit_sync(x(3)).outputs["y"].tolist() == [6.0]
+        assert parent.submit_sync(x(3)).outputs["y"].tolist() == [12.0]
+        with pytest.raises(ValueError, match="not a sub-plan"):
+            parent.view(dataclasses.replace(sub, nodes={"ghost": plan.nodes["a"]}))
+    finally:
+        parent.stop(drain=False)
