@@ -20,13 +20,12 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from engine.errors import Issue, SpecError
 from engine.yaml_loader import LineMap, dotted, load_yaml
-from nodes.dtypes import DTYPES, numpy_dtype
+from nodes.dtypes import DTYPES, Shape, numpy_dtype
 
 API_VERSION = "pipectl/v1"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
@@ -44,16 +43,9 @@ class InputSpec(_Strict):
     """A pipeline input: KServe v2 dtype and shape without the batch dimension (-1 = variable)."""
 
     dtype: DType
-    shape: list[int]
+    shape: Shape
     optional: bool = False
     default: Any = None
-
-    @field_validator("shape")
-    @classmethod
-    def _dims(cls, value: list[int]) -> list[int]:
-        if any(d < -1 or d == 0 for d in value):
-            raise ValueError(f"dimensions are positive or -1 (variable), got {value}")
-        return value
 
     @model_validator(mode="after")
     def _default_fits_dtype(self) -> InputSpec:

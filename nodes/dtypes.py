@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
+from pydantic import AfterValidator
 
 KSERVE_TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -42,6 +45,17 @@ def kserve_dtype(dtype: np.dtype) -> str:
         if np_dtype == dtype and name != "BF16":
             return name
     raise ValueError(f"numpy dtype {dtype} has no KServe v2 equivalent")
+
+
+def check_shape(shape: list[int]) -> list[int]:
+    """A shape without the batch dimension: positive sizes, or -1 for a variable one."""
+    if any(d < -1 or d == 0 for d in shape):
+        raise ValueError(f"shape {shape}: dimensions are positive or -1 (variable)")
+    return shape
+
+
+# a shape in a pipeline file or in params, checked by check_shape
+Shape = Annotated[list[int], AfterValidator(check_shape)]
 
 
 def as_bytes_array(values) -> np.ndarray:

@@ -14,14 +14,14 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, field_validator
 
 from nodes.base import NodeParams, TensorSpec
-from nodes.dtypes import DTYPES
+from nodes.dtypes import DTYPES, Shape
 
 
 class PortSpec(NodeParams):
     """One declared port: KServe v2 dtype and shape without the batch dimension."""
 
     dtype: str
-    shape: list[int] = Field(default_factory=lambda: [-1])
+    shape: Shape = Field(default_factory=lambda: [-1])
     optional: bool = False
     default: Any = None
 
@@ -30,13 +30,6 @@ class PortSpec(NodeParams):
     def _known_dtype(cls, value: str) -> str:
         if value not in DTYPES:
             raise ValueError(f"unknown dtype {value!r}; dtypes: {', '.join(DTYPES)}")
-        return value
-
-    @field_validator("shape")
-    @classmethod
-    def _dims(cls, value: list[int]) -> list[int]:
-        if any(d < -1 or d == 0 for d in value):
-            raise ValueError(f"shape {value}: dimensions are positive or -1 (variable)")
         return value
 
     def tensor_spec(self) -> TensorSpec:
