@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: run test setup index lint bench clean
+.PHONY: run test setup index lint bench clean browser
 
 setup: $(STAMP)
 
@@ -32,7 +32,13 @@ index: $(INDEX)
 run: $(STAMP) $(INDEX)
 	$(BIN)/pipectl run pipelines/rag.yaml --input query="$(QUERY)"
 
-test: $(STAMP) $(INDEX)
+# The live page's test drives a real headless Chromium (Debian's package); installed when missing.
+browser:
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium) || \
+		echo "chromium could not be installed: the live-page browser test will skip"
+
+test: $(STAMP) $(INDEX) browser
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.errors import DeadlineExceeded, NodeError, QueueFull, RequestError, Unavailable
 from engine.plan import BatchPolicy, NodePlan
+from engine.samples import RecentSamples
 from nodes.base import Item, Node
 from nodes.registry import get_kind
 
@@ -54,6 +55,7 @@ class Done:
     queue_ns: int
     compute_ns: int
     batch_size: int
+    instance: int = 0  # index of the node instance that computed it
 
 
 OnDone = Callable[[list[Done]], None]
@@ -98,6 +100,7 @@ class Batcher:
             "compute_ns": 0,
         }
         self._histogram: dict[int, int] = {}
+        self.recent = RecentSamples()  # written under _stats_lock, read by the live page
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self, on_loaded: Callable[[], None] | None = None) -> None:
@@ -106,7 +109,7 @@ class Batcher:
         for index, instance in enumerate(self.node_plan.instances):
             thread = threading.Thread(
                 target=self._worker,
-                args=(kind, instance.device, on_loaded),
+                args=(kind, instance.device, on_loaded, index),
                 name=f"pipectl-{self.name}-{index}",
                 daemon=True,
             )
@@ -225,7 +228,7 @@ class Batcher:
         return batch
 
     # ---- workers ---------------------------------------------------------------------------
-    def _worker(self, kind: type[Node], device: str, on_loaded) -> None:
+    def _worker(self, kind: type[Node], device: str, on_loaded, index: int = 0) -> None:
         try:
             node = kind(self.node_plan.params, self._base_dir)
             node.load(device)
@@ -238,7 +241,7 @@ class Batcher:
         self._loaded.release()
         try:
             while (batch := self._wait_for_batch()) is not None:
-                done = self._run(node, batch)
+                done = self._run(node, batch, index)
                 del batch  # an idle worker must not keep its last batch's tensors alive
                 if done:
                     self._on_done(done)
@@ -246,7 +249,7 @@ class Batcher:
         finally:
             node.close()
 
-    def _run(self, node: Node, batch: list[WorkItem]) -> list[Done]:
+    def _run(self, node: Node, batch: list[WorkItem], instance: int = 0) -> list[Done]:
         """Drop cancelled items, reject expired ones, compute the rest with failure isolation."""
         now = time.monotonic_ns()
         timeout_ns = int(self.policy.timeout_ms * 1e6)
@@ -271,12 +274,14 @@ class Batcher:
         compute_ns = 0
         if live:
             start = time.monotonic_ns()
-            done.extend(self._compute(node, live, start))
+            done.extend(self._compute(node, live, start, instance))
             compute_ns = time.monotonic_ns() - start
         self._record(done, cancelled, len(live), compute_ns)
         return done
 
-    def _compute(self, node: Node, items: list[WorkItem], dispatched_ns: int) -> list[Done]:
+    def _compute(
+        self, node: Node, items: list[WorkItem], dispatched_ns: int, instance: int = 0
+    ) -> list[Done]:
         start = time.monotonic_ns()
         try:
             outputs = node.run_batch([item.inputs for item in items])
@@ -287,8 +292,8 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - a node failure fails only its item
             if len(items) > 1:  # bisect so that only the failing item fails
                 half = len(items) // 2
-                return self._compute(node, items[:half], dispatched_ns) + self._compute(
-                    node, items[half:], dispatched_ns
+                return self._compute(node, items[:half], dispatched_ns, instance) + self._compute(
+                    node, items[half:], dispatched_ns, instance
                 )
             item = items[0]
             error = NodeError(
@@ -302,7 +307,7 @@ class Batcher:
         compute_ns = time.monotonic_ns() - start
         size = len(items)
         return [
-            Done(item, out, None, dispatched_ns - item.enqueued_ns, compute_ns, size)
+            Done(item, out, None, dispatched_ns - item.enqueued_ns, compute_ns, size, instance)
             for item, out in zip(items, outputs, strict=True)
         ]
 
@@ -312,12 +317,15 @@ class Batcher:
         return Done(item, None, error, queue_ns, 0, 0)
 
     def _record(self, done: list[Done], cancelled: int, computed: int, compute_ns: int) -> None:
+        now = time.monotonic_ns()
         with self._stats_lock:
             stats = self._stats
             stats["cancelled"] += cancelled
+            add = self.recent.add
             for d in done:
                 if d.error is None:
                     stats["success"] += 1
+                    add(now, d.queue_ns, d.compute_ns, d.batch_size)
                 elif isinstance(d.error, DeadlineExceeded):
                     stats["expired"] += 1
                 else:

@@ -29,6 +29,7 @@ from engine.errors import NodeError, RequestError, Unavailable
 from engine.plan import Plan
 from engine.request import Launches, RequestRun
 from engine.result import Result, StreamEvent
+from engine.samples import RecentSamples
 from engine.schedule import Schedule
 from nodes.base import Item, Node
 from nodes.registry import get_kind
@@ -44,6 +45,7 @@ class Executor:
         self.batchers: dict[str, Batcher] = {}
         self._streamers: dict[str, list[Node]] = {}
         self._stream_stats: dict[str, dict[str, int]] = {}
+        self._stream_recent: dict[str, RecentSamples] = {}
         self._rr = itertools.count()
         self._schedules: dict[tuple[str, ...] | None, Schedule] = {}
         self._ids = itertools.count(1)
@@ -71,6 +73,7 @@ class Executor:
             if kind.streaming:
                 self._streamers[name] = []
                 self._stream_stats[name] = {"success": 0, "failure": 0, "compute_ns": 0}
+                self._stream_recent[name] = RecentSamples()
                 for instance in node.instances:
                     thread = threading.Thread(
                         target=self._load_streamer,
@@ -111,6 +114,7 @@ class Executor:
         view.batchers = {n: self.batchers[n] for n in plan.nodes if n in self.batchers}
         view._streamers = self._streamers
         view._stream_stats = self._stream_stats
+        view._stream_recent = self._stream_recent
         view._started = True
         return view
 
@@ -272,17 +276,22 @@ class Executor:
             if d.error is not None:
                 run.fail(d.error)
             else:
-                run.node_done(name, d.outputs, d.queue_ns, d.batch_size, d.compute_ns, launches)  # type: ignore[arg-type]
+                run.node_done(
+                    name, d.outputs, d.queue_ns, d.batch_size, d.compute_ns, launches, d.instance
+                )  # type: ignore[arg-type]
         launches.flush()
 
     # ---- streaming nodes ---------------------------------------------------------------------
     def start_stream(self, run: RequestRun, name: str, item: Item) -> None:
         """Hand `item` to a streaming node on the request's loop."""
         instances = self._streamers[name]
-        node = instances[next(self._rr) % len(instances)]
-        run.tasks.append(run.loop.create_task(self._drive_stream(run, name, node, item)))
+        index = next(self._rr) % len(instances)
+        drive = self._drive_stream(run, name, instances[index], item, index)
+        run.tasks.append(run.loop.create_task(drive))
 
-    async def _drive_stream(self, run: RequestRun, name: str, node: Node, item: Item) -> None:
+    async def _drive_stream(
+        self, run: RequestRun, name: str, node: Node, item: Item, instance: int = 0
+    ) -> None:
         start = time.monotonic_ns()
         forward = run.schedule.steps[name].forward if run.events is not None else ()
         parts: dict[str, list[np.ndarray]] = {port: [] for port in node.stream_outputs}
@@ -315,16 +324,23 @@ class Executor:
         for port, chunks in parts.items():
             if chunks:
                 outputs[port] = concat_deltas(chunks)
-        compute_ns = time.monotonic_ns() - start
+        end = time.monotonic_ns()
+        compute_ns = end - start
         stats["success"] += 1
         stats["compute_ns"] += compute_ns
+        self._stream_recent[name].add(end, 0, compute_ns, 1)
         if run.finished:
             return
         launches = Launches()
-        run.node_done(name, outputs, 0, 1, compute_ns, launches)
+        run.node_done(name, outputs, 0, 1, compute_ns, launches, instance)
         launches.flush()
 
     # ---- statistics --------------------------------------------------------------------------
+    def recent(self, name: str) -> RecentSamples | None:
+        """The window of node `name`'s latest items (None for a node not running)."""
+        batcher = self.batchers.get(name)
+        return batcher.recent if batcher is not None else self._stream_recent.get(name)
+
     def statistics(self) -> dict[str, dict]:
         """Per node: success/failure counts, queue and compute ns totals, batch size histogram.
         Streaming nodes report `streaming: True`, and, when the node has `statistics()`, its

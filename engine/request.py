@@ -65,6 +65,7 @@ class RequestRun(Ticket):
         "executor",
         "finished",
         "future",
+        "launched",
         "loop",
         "pending",
         "priority",
@@ -101,6 +102,7 @@ class RequestRun(Ticket):
         self.deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9) if timeout_s else 0
         self.tracing = tracing
         self.trace: list[NodeTrace] = []
+        self.launched: dict[str, int] | None = {} if tracing else None  # node: monotonic ns
         self.values: dict[str, np.ndarray] = {}
         self.pending = dict(schedule.pending)
         self.refcounts = dict(schedule.refcounts)
@@ -173,6 +175,8 @@ class RequestRun(Ticket):
                 if taken is None:
                     return
                 missing = not taken
+            if self.launched is not None:
+                self.launched[step.name] = time.monotonic_ns()
             if missing:
                 self._skip(step.name, ready)
             elif step.streaming:
@@ -205,7 +209,8 @@ class RequestRun(Ticket):
 
     def _skip(self, name: str, ready: list[str]) -> None:
         if self.tracing:
-            self.trace.append(NodeTrace(name, 0.0, 0, 0.0, skipped=True))
+            at = self.launched.get(name, 0) if self.launched is not None else 0
+            self.trace.append(NodeTrace(name, 0.0, 0, 0.0, skipped=True, start_ns=at))
         for _, key in self.schedule.steps[name].outputs:
             self._resolve(key, ABSENT, ready)
         self.remaining -= 1
@@ -218,10 +223,11 @@ class RequestRun(Ticket):
         batch_size: int,
         compute_ns: int,
         launches: Launches,
+        instance: int = 0,
     ) -> None:
         """A node finished this request: store what it made and launch what that unblocks."""
         if self.tracing:
-            self.trace.append(NodeTrace(name, queue_ns / 1e6, batch_size, compute_ns / 1e6))
+            self._traced(name, outputs, queue_ns, batch_size, compute_ns, instance)
         self.active.discard(name)
         ready: list[str] = []
         for port, key in self.schedule.steps[name].outputs:
@@ -231,6 +237,29 @@ class RequestRun(Ticket):
         self._launch(ready, launches)
         if self.remaining == 0 and not self.finished:
             self._finish()
+
+    def _traced(
+        self,
+        name: str,
+        outputs: dict,
+        queue_ns: int,
+        batch_size: int,
+        compute_ns: int,
+        instance: int,
+    ) -> None:
+        """Add a node's NodeTrace; its scalar integer outputs become its attributes."""
+        attributes = {
+            port: int(value.reshape(-1)[0])
+            for port, value in outputs.items()
+            if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iu"
+        }
+        start = self.launched.get(name, 0) if self.launched is not None else 0
+        self.trace.append(
+            NodeTrace(
+                name, queue_ns / 1e6, batch_size, compute_ns / 1e6,
+                start_ns=start, instance=instance, attributes=attributes or None,
+            )
+        )  # fmt: skip
 
     # ---- endings ---------------------------------------------------------------------------
     def _finish(self) -> None:

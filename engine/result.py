@@ -10,13 +10,19 @@ import numpy as np
 @dataclass(frozen=True, slots=True)
 class NodeTrace:
     """One node's part in a request: time queued, the batch it ran in, time computing.
-    A node skipped by its condition (or for an absent input) has `skipped` set and no times."""
+    A node skipped by its condition (or for an absent input) has `skipped` set and no times.
+    `start_ns` is when the node took the request (`time.monotonic_ns()`; its queue time starts
+    there), `instance` the index of the instance that computed it, and `attributes` the node's
+    scalar integer outputs (e.g. the LLM's prompt_tokens, completion_tokens)."""
 
     node: str
     queue_ms: float
     batch_size: int
     compute_ms: float
     skipped: bool = False
+    start_ns: int = 0
+    instance: int = 0
+    attributes: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
         return {

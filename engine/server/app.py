@@ -36,18 +36,20 @@ def _say(message: str) -> None:
 
 
 def build_http_app(repo: Repository, options: ServeOptions):
-    """The aiohttp application: KServe v2 REST, OpenAI routes and /metrics."""
+    """The aiohttp application: KServe v2 REST, OpenAI routes, /metrics and the live page."""
     from aiohttp import web
 
-    from engine.server import http, metrics, openai_api
+    from engine.server import dashboard, http, metrics, openai_api
     from engine.server.auth import ApiKey
 
     middlewares = []
-    if options.api_key:
-        middlewares.append(ApiKey(options.api_key).http_middleware(exempt_prefixes=("/v2/health",)))
+    if options.api_key:  # the page's own files carry no data; its JSON needs the key
+        exempt = ("/v2/health", dashboard.PAGE_PREFIX)
+        middlewares.append(ApiKey(options.api_key).http_middleware(exempt_prefixes=exempt))
     middlewares += [http.errors_middleware, openai_api.openai_errors]
     app = web.Application(client_max_size=options.max_request_bytes, middlewares=middlewares)
     app.add_routes(http.routes(repo) + openai_api.routes(repo) + metrics.routes(repo))
+    app.add_routes(dashboard.routes(repo))
     return app
 
 

@@ -7,6 +7,7 @@ dimension; each batch item becomes one executor request and the results are stac
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ import numpy as np
 
 from engine.errors import InvalidInput, NodeError, NotFound, RequestError, Unavailable
 from engine.plan import Plan
+from engine.result import Result
 from engine.server.model import (
     LOADING,
     READY,
@@ -26,6 +28,9 @@ from engine.server.model import (
     shared_executor,
     streamed_outputs,
 )
+from engine.server.traces import RequestTracer, TracedRequest
+
+log = logging.getLogger("pipectl.server")
 
 __all__ = ["LOADING", "READY", "UNAVAILABLE", "Repository", "ServedModel"]
 
@@ -41,6 +46,7 @@ class Repository:
         self._idle = asyncio.Event()
         self._idle.set()
         self._node_lock = threading.Lock()
+        self.tracers: list[RequestTracer] = []  # the live page's sampler, OpenTelemetry export
 
     # ---- registration and loading --------------------------------------------------------
     def add(self, plan: Plan) -> None:
@@ -176,13 +182,16 @@ class Repository:
         request_id: str = "",
         priority: int | None = None,
         timeout_s: float | None = None,
+        traceparent: str | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one client request (inputs with a batch dimension); returns batched outputs."""
+        """Run one client request (inputs with a batch dimension); returns batched outputs.
+        `traceparent` is the client's W3C trace context, handed to the tracers."""
         model = self.serving(name, version)
         batch = self.check_request(model, inputs, outputs)
         executor = await self._executor_async(model)
         wanted = list(outputs) if outputs else list(model.outputs)
-        kwargs = {"priority": priority, "timeout_s": timeout_s}
+        traced = bool(self.tracers) and self._wants(model, traceparent)
+        kwargs = {"priority": priority, "timeout_s": timeout_s, "trace": traced}
         started = time.monotonic_ns()
         self._enter()
         try:
@@ -195,10 +204,14 @@ class Repository:
             out = _stack_outputs(wanted, [r.outputs for r in results])
         except Exception as exc:  # noqa: BLE001 - any failure becomes a typed error
             model.stats.record(False, batch, time.monotonic_ns() - started)
+            if traced:
+                self._traced(model, request_id, started, [], exc, traceparent)
             _reraise(exc, model)
         finally:
             self._exit()
         model.stats.record(True, batch, time.monotonic_ns() - started)
+        if traced:
+            self._traced(model, request_id, started, results, None, traceparent)
         return out
 
     async def stream(
@@ -211,13 +224,15 @@ class Repository:
         request_id: str = "",
         priority: int | None = None,
         timeout_s: float | None = None,
+        traceparent: str | None = None,
     ) -> AsyncIterator[tuple[dict[str, np.ndarray], bool]]:
         """Stream one request (batch size 1): yields (delta outputs with batch dim, final)."""
         model = self.serving(name, version)
         batch = self.check_request(model, inputs, outputs)
         if not model.decoupled:
             out = await self.infer(name, inputs, outputs, version=version, request_id=request_id,
-                                   priority=priority, timeout_s=timeout_s)  # fmt: skip
+                                   priority=priority, timeout_s=timeout_s,
+                                   traceparent=traceparent)  # fmt: skip
             yield out, True
             return
         if batch != 1:
@@ -225,20 +240,61 @@ class Repository:
         executor = await self._executor_async(model)
         wanted = list(outputs) if outputs else list(model.outputs)
         item = {k: v[0] for k, v in inputs.items()}
+        traced = bool(self.tracers) and self._wants(model, traceparent)
         started = time.monotonic_ns()
         ok = False
+        results: list[Result] = []
         self._enter()
         try:
             async for event in executor.stream(
-                item, wanted, request_id=request_id or None, priority=priority, timeout_s=timeout_s
-            ):
+                item, wanted, request_id=request_id or None, priority=priority,
+                timeout_s=timeout_s, trace=traced,
+            ):  # fmt: skip
+                if event.final and event.result is not None:
+                    results.append(event.result)
                 yield {k: v[np.newaxis] for k, v in event.outputs.items()}, event.final
             ok = True
         except Exception as exc:  # noqa: BLE001 - any failure becomes a typed error
+            if traced:
+                self._traced(model, request_id, started, [], exc, traceparent)
+                traced = False
             _reraise(exc, model)
         finally:
             model.stats.record(ok, 1, time.monotonic_ns() - started)
             self._exit()
+            if traced:
+                error = None if ok else Unavailable("the client went away")
+                self._traced(model, request_id, started, results, error, traceparent)
+
+    # ---- tracing ----------------------------------------------------------------------------
+    def _wants(self, model: ServedModel, traceparent: str | None) -> bool:
+        wants = False
+        for tracer in self.tracers:  # ask each: a sampler counts what it was asked
+            wants = tracer.wants(model.pipeline, traceparent) or wants
+        return wants
+
+    def _traced(
+        self,
+        model: ServedModel,
+        request_id: str,
+        started_ns: int,
+        results: list[Result],
+        error: BaseException | None,
+        traceparent: str | None,
+    ) -> None:
+        """Hand a traced request to every tracer; a tracer's failure never fails the request."""
+        request = TracedRequest(
+            model.name, model.pipeline, request_id or (results[0].request_id if results else ""),
+            started_ns, time.monotonic_ns(), results,
+            error=f"{type(error).__name__}: {error}" if error is not None else "",
+            status=getattr(error, "status", "INTERNAL") if error is not None else "",
+            traceparent=traceparent,
+        )  # fmt: skip
+        for tracer in self.tracers:
+            try:
+                tracer.finished(request)
+            except Exception as exc:  # noqa: BLE001 - observability must not break serving
+                log.warning("tracer %s failed: %s", type(tracer).__name__, exc)
 
     async def _executor_async(self, model: ServedModel):
         if model.executor is not None:

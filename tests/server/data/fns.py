@@ -29,3 +29,10 @@ def fail_negative(items):
     if any(float(item["x"][0]) < 0 for item in items):
         raise ValueError("negative values are not allowed")
     return [{"y": item["x"]} for item in items]
+
+
+def add(items, seconds: float = 0.0):
+    """y = a + b (the join of two branches), after `seconds` of work."""
+    if seconds:
+        time.sleep(seconds)
+    return [{"y": item["a"] + item["b"]} for item in items]
