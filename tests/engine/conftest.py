@@ -14,6 +14,17 @@ runpy.run_path(str(HERE / "static_kinds.py"))
 
 
 @pytest.fixture
+def gate():
+    """fns.gated's gate, fresh for the test; opened at teardown so no worker stays held (request
+    it after the fixtures that start batchers or executors: it must be torn down first)."""
+    import fns
+
+    gate = fns.reset_gate()
+    yield gate
+    gate.opened.set()
+
+
+@pytest.fixture
 def write_pipeline(tmp_path):
     """Write YAML text to a pipeline file in a temporary folder and return its path."""
 

@@ -58,6 +58,59 @@ def sleep(items, seconds: float = 0.1):
     return [{"y": item["x"]} for item in items]
 
 
+# How long a test lets a gated call or a rendezvous wait before calling it a failure. Only a hang
+# comes near it: tests say "B happened while A was inside the node" with events, never with time.
+WAIT_S = 30.0
+
+
+class Gate:
+    """Holds calls of `gated` inside the node until the test opens it: `entered` counts the
+    calls that are inside, so a test knows a worker is busy without sleeping."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self._cond = threading.Condition()
+        self.entered = 0
+
+    def enter(self) -> None:
+        with self._cond:
+            self.entered += 1
+            self._cond.notify_all()
+        if not self.opened.wait(WAIT_S):
+            raise TimeoutError("gate never opened")
+
+    def wait_entered(self, count: int = 1) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.entered >= count, WAIT_S), self.entered
+
+
+gate = Gate()
+rendezvous_barrier = threading.Barrier(2, timeout=WAIT_S)
+
+
+def reset_gate() -> Gate:
+    """A fresh gate and rendezvous for the next test (module state: node functions find them
+    by name)."""
+    global gate
+    gate = Gate()
+    rendezvous_barrier.reset()
+    return gate
+
+
+def gated(items):
+    _record("gated", items)
+    gate.enter()
+    return [{"y": item["x"]} for item in items]
+
+
+def rendezvous(items):
+    """Returns only once another call is inside at the same time: it proves two calls overlap
+    (a serial run breaks the barrier and fails)."""
+    _record("rendezvous", items)
+    rendezvous_barrier.wait()
+    return [{"y": item["x"]} for item in items]
+
+
 def with_default(items):
     """y = x + k, where k is an optional input."""
     return [{"y": item["x"] + item.get("k", np.zeros(1, np.float32))} for item in items]

@@ -87,12 +87,12 @@ def test_only_the_nodes_needed_for_the_requested_outputs_run(start):
         ex.submit_sync(x(2), outputs=["c"])
 
 
-def test_branches_run_concurrently_and_join(start):
+def test_branches_run_concurrently_and_join(start, gate):
     ex = start(
         HEAD
         + "outputs: {sum: join.y}\nnodes:"
-        + fn_node("left", "sleep", "$inputs.x", extra=", kwargs: {seconds: 0.5}")
-        + fn_node("right", "sleep", "$inputs.x", extra=", kwargs: {seconds: 0.5}")
+        + fn_node("left", "rendezvous", "$inputs.x")
+        + fn_node("right", "rendezvous", "$inputs.x")
         + f"""
   join:
     kind: python
@@ -100,9 +100,8 @@ def test_branches_run_concurrently_and_join(start):
     inputs: {{a: left.y, b: right.y}}
 """
     )
-    begin = time.monotonic()
+    # each branch returns only once the other is inside too: serial branches would fail
     assert ex.submit_sync(x(5)).outputs["sum"].tolist() == [10.0]
-    assert time.monotonic() - begin < 0.9  # not 1.0: the branches overlapped
 
 
 def test_requests_from_a_callers_loop_are_batched_and_a_failure_stays_with_its_request(start):
@@ -127,44 +126,54 @@ def test_requests_from_a_callers_loop_are_batched_and_a_failure_stays_with_its_r
     assert stats["success"] == 7 and stats["failure"] == 1 and 8 in stats["batch_sizes"]
 
 
-def test_a_deadline_stops_the_request_where_it_is(start):
+def _settled(ex: Executor, node: str, count: int) -> dict:
+    """The node's statistics once `count` items have left it (success, failure or cancelled)."""
+    for _ in range(int(fns.WAIT_S / 0.01)):
+        stats = ex.statistics()[node]
+        if stats["success"] + stats["failure"] + stats["cancelled"] >= count:
+            return stats
+        time.sleep(0.01)
+    raise AssertionError(f"{node}: {ex.statistics()[node]}")
+
+
+def test_a_deadline_stops_the_request_where_it_is(start, gate):
     ex = start(
         HEAD
         + "outputs: {y: after.y}\nnodes:"
-        + fn_node("slow", "sleep", "$inputs.x", extra=", kwargs: {seconds: 0.4}")
+        + fn_node("slow", "gated", "$inputs.x")
         + fn_node("after", "double", "slow.y")
     )
-    begin = time.monotonic()
     with pytest.raises(DeadlineExceeded, match=r"deadline of 0.1 s \(still at node slow\)"):
         ex.submit_sync(x(1), timeout_s=0.1)
-    assert time.monotonic() - begin < 0.3
-    time.sleep(0.5)
-    assert ex.statistics()["after"]["success"] == 0  # the request never went on
+    assert gate.entered == 1 and not gate.opened.is_set()  # raised while the node still ran
+    gate.opened.set()
+    _settled(ex, "slow", 1)
+    assert ex.submit_sync(x(2)).outputs["y"].tolist() == [4.0]
+    assert ex.statistics()["after"]["success"] == 1  # only the second request went on
 
 
-def test_deadline_and_cancellation_reach_items_waiting_in_a_queue(start):
+def test_deadline_and_cancellation_reach_items_waiting_in_a_queue(start, gate):
     ex = start(
         HEAD
         + "outputs: {y: slow.y}\nnodes:"
-        + fn_node("slow", "sleep", "$inputs.x", "max_batch_size: 1", ", kwargs: {seconds: 0.25}")
+        + fn_node("slow", "gated", "$inputs.x", "max_batch_size: 1")
     )
 
     async def main():
         first = asyncio.create_task(ex.submit(x(1)))
-        await asyncio.sleep(0.02)
+        await asyncio.to_thread(gate.wait_entered)  # the worker is busy with the first
         gone = asyncio.create_task(ex.submit(x(2)))  # the client that goes away
         late = asyncio.create_task(ex.submit(x(3), timeout_s=0.05))
-        await asyncio.sleep(0.05)
-        gone.cancel()
         with pytest.raises(DeadlineExceeded):
             await late
+        gone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gone
+        gate.opened.set()
         return await first
 
     assert asyncio.run(main()).outputs["y"].tolist() == [1.0]
-    time.sleep(0.1)
-    stats = ex.statistics()["slow"]
+    stats = _settled(ex, "slow", 3)
     assert stats["success"] == 1 and stats["cancelled"] == 2  # neither reached the node
 
 
@@ -223,7 +232,7 @@ def test_a_condition_over_an_absent_optional_input_does_not_hold(start):
     assert ex.submit_sync(x(-2)).outputs == {}  # k absent: not taken, no error
 
 
-def test_a_tensor_is_released_after_its_last_consumer(start):
+def test_a_tensor_is_released_after_its_last_consumer(start, gate):
     ex = start(
         HEAD
         + "outputs: {y: c.y}\nnodes:"
@@ -237,14 +246,15 @@ def test_a_tensor_is_released_after_its_last_consumer(start):
     params: {{function: "fns:token_seen", inputs: {{x: BYTES}}, outputs: {{y: {FP}}}}}
     inputs: {{x: a.y}}
 """
-        + fn_node("c", "sleep", "b.y", extra=", kwargs: {seconds: 0.5}")
+        + fn_node("c", "gated", "b.y")
     )
     future = asyncio.run_coroutine_threadsafe(ex.submit(x(1)), ex.loop())
-    time.sleep(0.25)  # c is sleeping; a's output was consumed by b alone
+    gate.wait_entered()  # c is inside; a's output was consumed by b alone
     gc.collect()
     assert not future.done()
     assert fns.tokens[-1]() is None  # no one holds a.y any more
-    assert future.result(timeout=5).outputs["y"].tolist() == [1.0]
+    gate.opened.set()
+    assert future.result(timeout=fns.WAIT_S).outputs["y"].tolist() == [1.0]
 
 
 @pytest.mark.parametrize(("pipeline_default", "expected"), [(", default: 10", 11.0), ("", 101.0)])
@@ -372,7 +382,7 @@ def test_requests_from_two_loops_share_one_batch(start):
     ex = start(
         HEAD
         + "outputs: {y: a.y}\nnodes:"
-        + fn_node("a", "double", "$inputs.x", "max_batch_size: 2, max_queue_delay_ms: 2000")
+        + fn_node("a", "double", "$inputs.x", "max_batch_size: 2, max_queue_delay_ms: 600000")
     )
 
     async def main():
@@ -382,9 +392,7 @@ def test_requests_from_two_loops_share_one_batch(start):
         theirs = await asyncio.to_thread(ex.submit_sync, x(2))
         return (await mine), theirs
 
-    begin = time.monotonic()
-    mine, theirs = asyncio.run(main())
-    assert time.monotonic() - begin < 1.0  # the batch filled; nobody waited for the delay
+    mine, theirs = asyncio.run(main())  # a 10-minute delay: only a filled batch comes back
     assert mine.outputs["y"].tolist() == [2.0] and theirs.outputs["y"].tolist() == [4.0]
     assert ex.statistics()["a"]["batch_sizes"] == {2: 1}
 

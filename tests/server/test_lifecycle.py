@@ -12,15 +12,38 @@ import time
 import numpy as np
 import pytest
 
-from tests.server.conftest import DATA, ROOT, start_server, stop_server
+from tests.server.conftest import DATA, ROOT, _status, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException
 
 
+def _wait_for(path, timeout_s: float = 30) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if path.exists():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+def _wait_for_refusal(srv) -> None:
+    """Until the server says it is draining (readiness 503): then new requests are refused."""
+    for _ in range(3000):
+        if _status(f"http://{srv.http_url}/v2/health/ready") == 503:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the server never started draining")
+
+
 def test_sigterm_drains_in_flight_requests(tmp_path):
-    srv = start_server([str(DATA / "guard.yaml")], log=tmp_path / "serve.log")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    pipeline = tmp_path / "guard.yaml"
+    text = (DATA / "guard.yaml").read_text()
+    text = text.replace('"fns.py:', f'"{DATA / "fns.py"}:').replace("fns.py:slow", "fns.py:gated")
+    pipeline.write_text(text.replace("kwargs: {seconds: 0.5}", f'kwargs: {{folder: "{gate}"}}'))
+    srv = start_server([str(pipeline)], log=tmp_path / "serve.log")
     try:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
         x = grpcclient.InferInput("x", [1, 1], "FP32")
@@ -33,13 +56,14 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
 
         worker = threading.Thread(target=call)
         worker.start()
-        time.sleep(0.2)  # the request is inside the 0.5 s node
+        _wait_for(gate / "entered")  # the request is inside the node
         srv.process.send_signal(signal.SIGTERM)
-        time.sleep(0.1)
+        _wait_for_refusal(srv)
         other = grpcclient.InferenceServerClient(srv.grpc_url)
         with pytest.raises(InferenceServerException) as info:
             other.infer("guard", [x], outputs=slow)
         assert "UNAVAILABLE" in info.value.status()
+        (gate / "open").touch()
         worker.join(timeout=10)
         assert got["slow"].tolist() == [[7.0]]
         assert srv.process.wait(timeout=20) == 0

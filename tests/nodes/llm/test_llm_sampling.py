@@ -30,7 +30,8 @@ def test_greedy_takes_the_argmax_per_row():
 
 
 def test_temperature_sampling_follows_the_distribution():
-    # p = (0.25, 0.75) at temperature 1
+    torch.manual_seed(0)  # unseeded rows draw from torch's global generator: fix it
+    # p = (0.25, 0.75) at temperature 1; the bounds are 4.4 std of the share (0.0068)
     tokens = _draws([0.0, math.log(3.0)], SamplingParams(temperature=1.0), 4000)
     share = sum(tokens) / len(tokens)
     assert 0.72 < share < 0.78

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,18 @@ def length(items):
 def slow(items, seconds: float = 1.0):
     time.sleep(seconds)
     return [{"y": item["x"]} for item in items]
+
+
+def gated(items, folder: str):
+    """Holds each call until a file `open` appears in `folder`, after touching `entered` there:
+    a test in another process then knows that a worker is busy without sleeping on it."""
+    gate = Path(folder)
+    (gate / "entered").touch()
+    for _ in range(3000):  # 30 s: only a test that never opens the gate gets near it
+        if (gate / "open").exists():
+            return [{"y": item["x"]} for item in items]
+        time.sleep(0.01)
+    raise TimeoutError(f"{gate / 'open'} never appeared")
 
 
 def fail_negative(items):
