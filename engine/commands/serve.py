@@ -43,11 +43,19 @@ def add_parser(subparsers) -> None:
         default=30.0,
         help="seconds SIGTERM waits for in-flight requests (default: 30)",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export one OpenTelemetry trace per request (a span per node) to this OTLP/HTTP "
+        "collector, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: "
+        "off). Needs pip install 'pipectl[otel]'",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.server.app import ServeOptions, serve
+    from engine.server.otel import endpoint_from
 
     plans = []
     for path in args.files:
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key or None,
         max_request_bytes=int(args.max_request_mb * (1 << 20)),
         drain_timeout_s=args.drain_timeout,
+        otlp_endpoint=endpoint_from(args.otlp_endpoint),
     )
     try:  # libuv's loop: about 20% less event-loop CPU per gRPC request than asyncio's here
         import uvloop

@@ -29,6 +29,7 @@ class ServeOptions:
     api_key: str | None = None
     max_request_bytes: int = 64 << 20
     drain_timeout_s: float = 30.0
+    otlp_endpoint: str | None = None  # OpenTelemetry collector (OTLP/HTTP); None: no traces
 
 
 def _say(message: str) -> None:
@@ -68,6 +69,13 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
     repo = Repository()
     for plan in plans:
         repo.add(plan)
+    tracer = None
+    if options.otlp_endpoint:
+        from engine.server.otel import OtelTracer, traces_url
+
+        tracer = OtelTracer(repo, options.otlp_endpoint)
+        repo.add_tracer(tracer)
+        say(f"exporting OpenTelemetry traces to {traces_url(options.otlp_endpoint)}")
     key = ApiKey(options.api_key) if options.api_key else None
     try:
         grpc_server, health, grpc_port = grpc_face.build_server(
@@ -128,5 +136,7 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
         await grpc_server.stop(grace=1.0)
         await runner.cleanup()
         await loop.run_in_executor(None, repo.stop)
+        if tracer is not None:
+            await loop.run_in_executor(None, tracer.shutdown)  # flush the last spans
         say("stopped")
     return status

@@ -28,7 +28,7 @@ CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/ht
 def routes(repo: Repository) -> list[web.RouteDef]:
     """The page, its static files and `/v2/stats/live`; registers the timeline's sampler."""
     traces = RecentTraces()
-    repo.tracers.append(traces)
+    repo.add_tracer(traces)
     live = LiveStats(repo, traces)
 
     async def page(request: web.Request) -> web.Response:

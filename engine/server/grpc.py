@@ -75,6 +75,14 @@ def _requested(request: pb.ModelInferRequest) -> list[str] | None:
     return [o.name for o in request.outputs] or None
 
 
+def _traceparent(context) -> str | None:
+    """The client's W3C `traceparent` metadata, if sent."""
+    for name, value in context.invocation_metadata() or ():
+        if name == "traceparent":
+            return value
+    return None
+
+
 def _parse(message_cls, data: dict):
     return json_format.ParseDict(data, message_cls())
 
@@ -138,6 +146,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 _requested(request),
                 version=request.model_version,
                 request_id=request.id,
+                traceparent=_traceparent(context) if self.repo.propagate else None,
                 **request_options(request),
             )
         except RequestError as exc:
@@ -170,6 +179,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     _requested(request),
                     version=request.model_version,
                     request_id=request.id,
+                    traceparent=_traceparent(context) if self.repo.propagate else None,
                     **request_options(request),
                 )
                 async with contextlib.aclosing(events):  # a dropped stream frees its work now

@@ -209,6 +209,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             decode_inputs(header, binary),
             wanted,
             request_id=str(header.get("id", "")),
+            traceparent=request.headers.get("traceparent"),
             **options(header.get("parameters") or {}),
         )
         return encode_response(model, outputs, header)
@@ -220,6 +221,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             model.name,
             generate_inputs(model, body),
             request_id=str(body.get("id", "")),
+            traceparent=request.headers.get("traceparent"),
             **options(body.get("parameters") or {}),
         )
         return web.json_response(
@@ -233,6 +235,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             model.name,
             generate_inputs(model, body),
             request_id=str(body.get("id", "")),
+            traceparent=request.headers.get("traceparent"),
             **options(body.get("parameters") or {}),
         )
         response = web.StreamResponse(

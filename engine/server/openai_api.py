@@ -161,7 +161,10 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         kind = "chat.completion" if chat else "text_completion"
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        events = repo.stream(model.name, inputs, wanted, request_id=rid)
+        events = repo.stream(
+            model.name, inputs, wanted, request_id=rid,
+            traceparent=request.headers.get("traceparent"),
+        )  # fmt: skip
 
         def choice(text: str, finish: str | None, first: bool = False) -> dict:
             if not chat:
@@ -262,7 +265,9 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         spec = model.inputs[name]
         shape = [len(texts), *[1 for _ in spec.shape]]
         inputs = {name: tensors.from_json(name, "BYTES", shape, texts)}
-        out = await repo.infer(model.name, inputs, [vectors[0]])
+        out = await repo.infer(
+            model.name, inputs, [vectors[0]], traceparent=request.headers.get("traceparent")
+        )
         matrix = out[vectors[0]].astype(np.float32).reshape(len(texts), -1)
         b64 = body.get("encoding_format") == "base64"
         data = [

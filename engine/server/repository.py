@@ -47,6 +47,7 @@ class Repository:
         self._idle.set()
         self._node_lock = threading.Lock()
         self.tracers: list[RequestTracer] = []  # the live page's sampler, OpenTelemetry export
+        self.propagate = False  # whether a tracer reads the client's W3C traceparent
 
     # ---- registration and loading --------------------------------------------------------
     def add(self, plan: Plan) -> None:
@@ -267,6 +268,11 @@ class Repository:
                 self._traced(model, request_id, started, results, error, traceparent)
 
     # ---- tracing ----------------------------------------------------------------------------
+    def add_tracer(self, tracer: RequestTracer) -> None:
+        """Hand every request's trace (when `tracer.wants` it) to `tracer` from now on."""
+        self.tracers.append(tracer)
+        self.propagate = self.propagate or bool(getattr(tracer, "propagates", False))
+
     def _wants(self, model: ServedModel, traceparent: str | None) -> bool:
         wants = False
         for tracer in self.tracers:  # ask each: a sampler counts what it was asked
