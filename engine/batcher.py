@@ -17,7 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import DeadlineExceeded, NodeError, QueueFull, RequestError, Unavailable
+from engine.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    QueueFull,
+    RequestError,
+    Unavailable,
+    node_failure,
+)
 from engine.plan import BatchPolicy, NodePlan
 from engine.samples import RecentSamples
 from nodes.base import Item, Node
@@ -95,6 +102,7 @@ class Batcher:
             "cancelled": 0,
             "expired": 0,
             "rejected": 0,
+            "invalid": 0,
             "batches": 0,
             "queue_ns": 0,
             "compute_ns": 0,
@@ -296,13 +304,7 @@ class Batcher:
                     node, items[half:], dispatched_ns, instance
                 )
             item = items[0]
-            error = NodeError(
-                f"node {self.name!r} failed on request {item.request_id!r}: "
-                f"{type(exc).__name__}: {exc}",
-                node=self.name,
-                request_id=item.request_id,
-            )
-            error.__cause__ = exc
+            error = node_failure(self.name, item.request_id, exc)
             return [self._failed(item, error, dispatched_ns - item.enqueued_ns)]
         compute_ns = time.monotonic_ns() - start
         size = len(items)
@@ -328,6 +330,8 @@ class Batcher:
                     add(now, d.queue_ns, d.compute_ns, d.batch_size)
                 elif isinstance(d.error, DeadlineExceeded):
                     stats["expired"] += 1
+                elif isinstance(d.error, InvalidInput):  # the request's fault, not the node's
+                    stats["invalid"] += 1
                 else:
                     stats["failure"] += 1
                 stats["queue_ns"] += d.queue_ns

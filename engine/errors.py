@@ -5,7 +5,8 @@
     ├── GraphError                the graph is wrong: unknown node or port, cycle, type mismatch
     ├── PlacementError            instances do not fit on the devices (with the numbers)
     └── RequestError              a request is wrong or cannot be served
-        ├── InvalidInput          wrong dtype, shape or missing input (names the input and node)
+        ├── InvalidInput          wrong dtype, shape or missing input (names the input and node);
+        │                         also what a node's nodes.errors.InvalidRequest becomes
         ├── NotFound              unknown pipeline or node
         ├── QueueFull             a batcher's max_queue_size is reached (rejected at once)
         ├── DeadlineExceeded      the request's timeout passed
@@ -112,3 +113,23 @@ class NodeError(RequestError):
 
     status = "INTERNAL"
 
+
+def node_failure(node: str, request_id: str, exc: BaseException) -> RequestError:
+    """What an exception raised by node `node` on request `request_id` becomes: the request's
+    own fault (nodes.errors.InvalidRequest → InvalidInput, 400 / INVALID_ARGUMENT, naming the
+    node and the field), or the node's (anything else → NodeError, 500 / INTERNAL)."""
+    from nodes.errors import InvalidRequest
+
+    if isinstance(exc, InvalidRequest):
+        field = f" field {exc.field!r}" if exc.field else ""
+        error: RequestError = InvalidInput(
+            f"node {node!r}{field}: {exc}", node=node, request_id=request_id
+        )
+    else:
+        error = NodeError(
+            f"node {node!r} failed on request {request_id!r}: {type(exc).__name__}: {exc}",
+            node=node,
+            request_id=request_id,
+        )
+    error.__cause__ = exc
+    return error

@@ -25,7 +25,7 @@ from typing import Any, Self
 import numpy as np
 
 from engine.batcher import Batcher, Done
-from engine.errors import NodeError, RequestError, Unavailable
+from engine.errors import InvalidInput, RequestError, Unavailable, node_failure
 from engine.plan import Plan
 from engine.request import Launches, RequestRun
 from engine.result import Result, StreamEvent
@@ -72,7 +72,12 @@ class Executor:
             kind = get_kind(node.kind)
             if kind.streaming:
                 self._streamers[name] = []
-                self._stream_stats[name] = {"success": 0, "failure": 0, "compute_ns": 0}
+                self._stream_stats[name] = {
+                    "success": 0,
+                    "failure": 0,
+                    "invalid": 0,
+                    "compute_ns": 0,
+                }
                 self._stream_recent[name] = RecentSamples()
                 for instance in node.instances:
                     thread = threading.Thread(
@@ -309,13 +314,8 @@ class Executor:
                     if out:
                         run.events.put_nowait(StreamEvent(out))  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - a node failure fails its request
-            stats["failure"] += 1
-            error = NodeError(
-                f"node {name!r} failed on request {run.request_id!r}: {type(exc).__name__}: {exc}",
-                node=name,
-                request_id=run.request_id,
-            )
-            error.__cause__ = exc
+            error = node_failure(name, run.request_id, exc)
+            stats["invalid" if isinstance(error, InvalidInput) else "failure"] += 1
             run.fail(error)
             return
         finally:

@@ -1,13 +1,13 @@
 """The serving faces of pipectl (`pipectl serve`): they translate protocols, nothing more.
 
-    app.py         one process: gRPC and HTTP on one event loop, loading, readiness, SIGTERM drain
-    repository.py  the served models and the request path (batch split, stack, errors, drain)
-    model.py       a served model: a pipeline, or one node as `<pipeline>.<node>` (sub-plan)
-    describe.py    metadata, ModelConfig (pipelines as Triton ensembles), statistics, index
-    tensors.py     KServe v2 tensors <-> numpy (raw, typed contents, JSON; BYTES length prefix)
-    grpc.py        inference.GRPCInferenceService (grpc.aio), health and reflection
-    http.py        KServe v2 REST, binary tensor extension, generate / generate_stream (SSE)
-    openai_api.py  /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings
-    metrics.py     Prometheus /metrics, read from executor statistics at scrape time
-    auth.py        the API key (constant-time compare) for both protocols
+app.py         one process: gRPC and HTTP on one event loop, loading, readiness, SIGTERM drain
+repository.py  the served models and the request path (batch split, stack, errors, drain)
+model.py       a served model: a pipeline, or one node as `<pipeline>.<node>` (sub-plan)
+describe.py    metadata, ModelConfig (pipelines as Triton ensembles), statistics, index
+tensors.py     KServe v2 tensors <-> numpy (raw, typed contents, JSON; BYTES length prefix)
+grpc.py        inference.GRPCInferenceService (grpc.aio), health and reflection
+http.py        KServe v2 REST, binary tensor extension, generate / generate_stream (SSE)
+openai_api.py  /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings
+metrics.py     Prometheus /metrics, read from executor statistics at scrape time
+auth.py        the API key (constant-time compare) for both protocols
 """

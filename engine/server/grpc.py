@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from engine.errors import InvalidInput, RequestError
 from engine.server import describe, tensors
 from engine.server.auth import ApiKey
+from engine.server.kserve_body import NOT_SUPPORTED
 from engine.server.repository import READY, Repository, ServedModel
 from nodes.dtypes import kserve_dtype
 from protos import grpc_service_pb2 as pb
@@ -57,17 +58,40 @@ def encode_outputs(
         response.raw_output_contents.append(tensors.to_raw(array))
 
 
-def request_options(request: pb.ModelInferRequest) -> dict:
-    """priority and timeout (microseconds, as Triton) from the request parameters."""
+def request_options(request: pb.ModelInferRequest, *, streaming: bool = False) -> dict:
+    """priority and timeout (microseconds, as Triton) from the request parameters. A parameter
+    pipectl does not honour, or one of the wrong type, is refused by name."""
     options: dict = {"priority": None, "timeout_s": None}
-    params = request.parameters
-    if "priority" in params:
-        p = params["priority"]
-        options["priority"] = int(getattr(p, p.WhichOneof("parameter_choice") or "int64_param"))
-    if "timeout" in params:
-        t = params["timeout"]
-        micros = int(getattr(t, t.WhichOneof("parameter_choice") or "int64_param"))
-        options["timeout_s"] = micros / 1e6 if micros > 0 else None
+    allowed = {"priority", "timeout"} | (
+        {"triton_enable_empty_final_response"} if streaming else set()
+    )
+    for key, value in request.parameters.items():
+        if key not in allowed:
+            reason = NOT_SUPPORTED.get(key, "unknown parameter")
+            raise InvalidInput(
+                f"parameter {key!r}: {reason}; parameters: {', '.join(sorted(allowed))}"
+            )
+        choice = value.WhichOneof("parameter_choice")
+        if key == "triton_enable_empty_final_response":
+            if choice != "bool_param":
+                raise InvalidInput(f"parameter {key!r} must be a bool_param")
+            continue
+        if choice not in ("int64_param", "uint64_param"):
+            raise InvalidInput(
+                f"parameter {key!r} must be an int64_param or uint64_param, not {choice}"
+            )
+        number = getattr(value, choice)
+        if number < 0:
+            raise InvalidInput(f"parameter {key!r} must be >= 0, got {number}")
+        if key == "priority":
+            options["priority"] = number or None
+        else:
+            options["timeout_s"] = number / 1e6 if number > 0 else None
+    for kind, tensors_ in (("input", request.inputs), ("output", request.outputs)):
+        for tensor in tensors_:
+            for key in tensor.parameters:
+                reason = NOT_SUPPORTED.get(key, "unknown parameter")
+                raise InvalidInput(f"{kind} {tensor.name!r}: parameter {key!r}: {reason}")
     return options
 
 
@@ -151,6 +175,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         except RequestError as exc:
             await self._abort(context, exc)
+        except Exception as exc:  # a bug of ours: logged, INTERNAL, served on
+            log.exception("unexpected error in ModelInfer")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version="1", id=request.id
         )
@@ -180,7 +207,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     version=request.model_version,
                     request_id=request.id,
                     traceparent=_traceparent(context) if self.repo.propagate else None,
-                    **request_options(request),
+                    **request_options(request, streaming=True),
                 )
                 async with contextlib.aclosing(events):  # a dropped stream frees its work now
                     async for outputs, final in events:

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 
 from engine.errors import InvalidInput, RequestError
-from engine.server import describe, tensors
+from engine.server import describe, kserve_body, tensors
 from engine.server.repository import READY, Repository, ServedModel
 
+log = logging.getLogger("pipectl.server")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
@@ -51,54 +53,62 @@ async def errors_middleware(request: web.Request, handler):
             },
             status=413,
         )
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a bug of ours: logged, answered in JSON
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500
+        )
 
 
-def options(params: dict) -> dict:
-    """priority and timeout (microseconds, as Triton) from request parameters."""
-    timeout = params.get("timeout")
-    priority = params.get("priority")
+def options(params: dict | None) -> dict:
+    """priority and timeout (microseconds, as Triton) from request parameters; any other
+    parameter is refused by name."""
+    return kserve_body.parse_parameters(params).options()
+
+
+def loads(raw: bytes) -> Any:
+    """Parsed JSON, or InvalidInput saying where it is broken."""
     try:
-        return {
-            "priority": int(priority) if priority is not None else None,
-            "timeout_s": int(timeout) / 1e6 if timeout else None,
-        }
-    except (TypeError, ValueError):
-        raise InvalidInput("parameters 'priority' and 'timeout' must be integers") from None
-
-
-async def _json_body(request: web.Request) -> tuple[dict, bytes]:
-    """The JSON header and the binary tail (binary tensor extension) of an infer request."""
-    body = await request.read()
-    length = request.headers.get(HEADER_LENGTH)
-    try:
-        if length is None:
-            return json.loads(body), b""
-        n = int(length)
-        return json.loads(body[:n]), body[n:]
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
 
 
-def decode_inputs(header: dict, binary: bytes) -> dict[str, np.ndarray]:
+async def _json_body(request: web.Request) -> tuple[Any, bytes]:
+    """The JSON header and the binary tail (binary tensor extension) of an infer request."""
+    body = await request.read()
+    length = request.headers.get(HEADER_LENGTH)
+    if length is None:
+        return loads(body), b""
+    try:
+        n = int(length)
+    except ValueError:
+        raise InvalidInput(f"{HEADER_LENGTH} {length!r} is not a byte count") from None
+    if not 0 <= n <= len(body):
+        raise InvalidInput(f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes")
+    return loads(body[:n]), body[n:]
+
+
+def decode_inputs(request: kserve_body.InferRequest, binary: bytes) -> dict[str, np.ndarray]:
     """Inputs from JSON `data`, or from the binary tail in input order (`binary_data_size`)."""
     out: dict[str, np.ndarray] = {}
     offset = 0
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list):
-        raise InvalidInput("the request has no 'inputs' list")
-    for tensor in inputs:
-        try:
-            name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
-        except (KeyError, TypeError):
-            raise InvalidInput("every input needs 'name', 'datatype' and 'shape'") from None
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+    for tensor in request.inputs:
+        name, datatype, shape = tensor.name, tensor.datatype, tensor.shape
+        if name in out:
+            raise InvalidInput(f"input {name!r} is given twice")
+        size = tensor.parameters.binary_data_size if tensor.parameters else None
         if size is not None:
+            if tensor.data is not None:
+                raise InvalidInput(f"input {name!r} has both 'data' and binary_data_size")
             if offset + size > len(binary):
                 raise InvalidInput(f"input {name!r}: binary data shorter than {size} bytes")
             out[name] = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
             offset += size
-        elif "data" in tensor:
-            out[name] = tensors.from_json(name, datatype, shape, tensor["data"])
+        elif tensor.data is not None:
+            out[name] = tensors.from_json(name, datatype, shape, tensor.data)
         else:
             raise InvalidInput(f"input {name!r} has neither 'data' nor binary_data_size")
     if offset != len(binary):
@@ -107,20 +117,24 @@ def decode_inputs(header: dict, binary: bytes) -> dict[str, np.ndarray]:
 
 
 def encode_response(
-    model: ServedModel, outputs: dict[str, np.ndarray], header: dict
+    model: ServedModel, outputs: dict[str, np.ndarray], request: kserve_body.InferRequest
 ) -> web.Response:
     """JSON outputs, or binary ones (tail + Inference-Header-Content-Length) where asked."""
-    wanted = {o["name"]: o.get("parameters") or {} for o in header.get("outputs") or []}
-    all_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    wanted = {
+        o.name: o.parameters.binary_data if o.parameters else None for o in request.outputs or []
+    }
+    params = request.parameters
+    all_binary = bool(params and params.binary_data_output)
     result: dict[str, Any] = {"model_name": model.name, "model_version": "1"}
-    if header.get("id"):
-        result["id"] = header["id"]
+    if request.id:
+        result["id"] = request.id
     result["outputs"] = []
     tail: list[bytes] = []
     for name, array in outputs.items():
         spec = model.outputs[name]
         entry: dict[str, Any] = {"name": name, "datatype": spec.dtype, "shape": list(array.shape)}
-        if wanted.get(name, {}).get("binary_data", all_binary):
+        binary = wanted.get(name)
+        if binary if binary is not None else all_binary:
             raw = tensors.to_raw(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
@@ -138,6 +152,12 @@ def encode_response(
 
 def generate_inputs(model: ServedModel, body: dict) -> dict[str, np.ndarray]:
     """Triton's generate extension: top-level keys name inputs; values are scalars or lists."""
+    if not isinstance(body, dict):
+        raise InvalidInput(
+            f"generate request: the body must be a JSON object, got {type(body).__name__}"
+        )
+    if not isinstance(body.get("id", ""), str):
+        raise InvalidInput("generate request: 'id' must be a string")
     out = {}
     for name, value in body.items():
         if name in ("parameters", "id"):
@@ -196,23 +216,27 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         return web.json_response(stats)
 
     async def repository_index(request):
-        body = await request.read()
-        ready_only = bool(json.loads(body).get("ready", False)) if body else False
+        body = loads(await request.read() or b"{}") if request.can_read_body else {}
+        if not isinstance(body, dict) or not isinstance(body.get("ready", False), bool):
+            raise InvalidInput('repository index: the body must be {"ready": true|false}')
+        ready_only = body.get("ready", False)
         return web.json_response(describe.repository_index(repo, ready_only))
 
     async def infer(request):
         model = model_of(request)
         header, binary = await _json_body(request)
-        wanted = [o["name"] for o in header.get("outputs") or []] or None
+        body = kserve_body.parse_infer(header)
+        wanted = [o.name for o in body.outputs or []] or None
+        params = body.parameters or kserve_body.RequestParameters()
         outputs = await repo.infer(
             model.name,
-            decode_inputs(header, binary),
+            decode_inputs(body, binary),
             wanted,
-            request_id=str(header.get("id", "")),
+            request_id=body.id or "",
             traceparent=request.headers.get("traceparent"),
-            **options(header.get("parameters") or {}),
+            **params.options(),
         )
-        return encode_response(model, outputs, header)
+        return encode_response(model, outputs, body)
 
     async def generate(request):
         model = model_of(request)
@@ -220,9 +244,9 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         outputs = await repo.infer(
             model.name,
             generate_inputs(model, body),
-            request_id=str(body.get("id", "")),
+            request_id=body.get("id", ""),
             traceparent=request.headers.get("traceparent"),
-            **options(body.get("parameters") or {}),
+            **options(body.get("parameters")),
         )
         return web.json_response(
             {"model_name": model.name, "model_version": "1"} | generate_outputs(outputs)
@@ -234,9 +258,9 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         events = repo.stream(
             model.name,
             generate_inputs(model, body),
-            request_id=str(body.get("id", "")),
+            request_id=body.get("id", ""),
             traceparent=request.headers.get("traceparent"),
-            **options(body.get("parameters") or {}),
+            **options(body.get("parameters")),
         )
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}

@@ -53,7 +53,10 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        texts = [p.get("text", "") for p in content if isinstance(p, dict)]
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidInput("a content part's 'text' must be a string")
+        return "".join(texts)
     return "" if content is None else str(content)
 
 
@@ -78,6 +81,9 @@ def build_inputs(model: ServedModel, body: dict, *, chat: bool) -> dict[str, np.
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidInput("'messages' must be a non-empty list")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise InvalidInput(f"'messages[{i}]' must be an object with 'role' and 'content'")
         messages = [
             {"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages
         ]
@@ -232,7 +238,8 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             await response.write_eof()
             return response
         await send([choice("", finish[0])])
-        if (body.get("stream_options") or {}).get("include_usage"):
+        stream_options = body.get("stream_options") or {}
+        if isinstance(stream_options, dict) and stream_options.get("include_usage"):
             await send([], _usage(counts, pieces))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

@@ -108,8 +108,9 @@ def to_raw(array: np.ndarray) -> bytes:
 
 
 def from_contents(name: str, datatype: str, shape, contents: Any) -> np.ndarray:
-    """A tensor from typed gRPC `InferTensorContents`."""
-    dtype = check_dtype(name, datatype)
+    """A tensor from typed gRPC `InferTensorContents` (values out of the datatype's range are
+    refused, never wrapped)."""
+    check_dtype(name, datatype)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(f"input {name!r}: {datatype} travels only in raw_input_contents")
@@ -124,29 +125,95 @@ def from_contents(name: str, datatype: str, shape, contents: Any) -> np.ndarray:
         out = np.empty(count, dtype=object)
         out[:] = [bytes(v) for v in values]
         return out.reshape(shape)
-    return np.asarray(values, dtype=dtype).reshape(shape)
+    return typed_array(name, datatype, list(values)).reshape(shape)
 
 
 def from_json(name: str, datatype: str, shape, data: Any) -> np.ndarray:
-    """A tensor from KServe v2 JSON `data` (flat or nested, row-major; BYTES as strings)."""
-    dtype = check_dtype(name, datatype)
+    """A tensor from KServe v2 JSON `data`: flat, or nested exactly as `shape` (row-major).
+    Values must be of the datatype's JSON type (BYTES: strings, BOOL: true/false, integers:
+    whole numbers in range, floats: numbers in range); nothing is truncated or coerced.
+    BF16 has no JSON form (it travels as binary data)."""
+    check_dtype(name, datatype)
     count = element_count(name, shape)
+    if datatype == "BF16":
+        raise InvalidInput(
+            f"input {name!r}: BF16 has no JSON form; send it as binary data (binary_data_size)"
+        )
     flat = flatten(data)
     if len(flat) != count:
         raise InvalidInput(
             f"input {name!r}: {len(flat)} values in data for shape {list(shape)} ({count} expected)"
         )
+    if isinstance(data, list) and flat is not data:
+        _check_nesting(name, data, list(shape))
     if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            bad = next(v for v in flat if not isinstance(v, str))
+            raise InvalidInput(
+                f"input {name!r}: BYTES data must be strings, got {type(bad).__name__} {bad!r:.40}"
+            )
         out = np.empty(count, dtype=object)
-        try:
-            out[:] = [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
-        except TypeError:
-            raise InvalidInput(f"input {name!r}: BYTES data must be strings") from None
+        out[:] = [v.encode() for v in flat]
         return out.reshape(shape)
-    try:
-        return np.asarray(flat, dtype=dtype).reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"input {name!r}: data is not {datatype}: {exc}") from None
+    return typed_array(name, datatype, flat).reshape(shape)
+
+
+_JSON_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}
+_JSON_NAMES = {"b": "true/false", "i": "whole numbers", "u": "whole numbers", "f": "numbers"}
+
+
+def typed_array(name: str, datatype: str, flat: list) -> np.ndarray:
+    """A flat array of `datatype` from Python values, refusing values of another type (a bool
+    for an integer, a float for an integer, a string for a number) and values out of range."""
+    dtype = numpy_dtype(datatype)
+    allowed = _JSON_TYPES[dtype.kind]
+    for i, v in enumerate(flat):
+        if type(v) not in allowed:
+            what = _JSON_NAMES[dtype.kind]
+            raise InvalidInput(
+                f"input {name!r}: data is not {datatype} ({what}): value {i} is "
+                f"{type(v).__name__} {v!r:.40}"
+            )
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = (min(flat), max(flat)) if flat else (0, 0)
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InvalidInput(
+                f"input {name!r}: value {bad} is out of range for {datatype} "
+                f"[{info.min}, {info.max}]"
+            )
+        return np.asarray(flat, dtype=dtype)
+    if dtype.kind == "f":
+        try:
+            wide = np.asarray(flat, dtype=np.float64)
+        except OverflowError:
+            raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}") from None
+        finite = wide[np.isfinite(wide)]
+        limit = float(np.finfo(dtype).max)
+        if finite.size and float(np.abs(finite).max()) > limit:
+            raise InvalidInput(
+                f"input {name!r}: value {float(np.abs(finite).max()):g} is out of range for "
+                f"{datatype} (largest {limit:g})"
+            )
+        return wide.astype(dtype)
+    return np.asarray(flat, dtype=dtype)
+
+
+def _check_nesting(name: str, data: Any, shape: list[int], depth: int = 0) -> None:
+    """Nested data must nest exactly as the shape: `len` of each level its dimension."""
+    if depth == len(shape):
+        if isinstance(data, list):
+            raise InvalidInput(f"input {name!r}: data nests deeper than shape {shape}")
+        return
+    if not isinstance(data, list) or len(data) != shape[depth]:
+        got = len(data) if isinstance(data, list) else "a scalar"
+        raise InvalidInput(
+            f"input {name!r}: nested data does not match shape {shape}: level {depth} has "
+            f"{got}, expected {shape[depth]}"
+        )
+    for part in data:
+        _check_nesting(name, part, shape, depth + 1)
 
 
 def to_json(array: np.ndarray) -> list:
@@ -161,9 +228,10 @@ def to_json(array: np.ndarray) -> list:
 
 
 def flatten(data: Any) -> list:
+    """Row-major values of flat or nested JSON data (a scalar is one value)."""
     if not isinstance(data, list):
         return [data]
-    if not data or not isinstance(data[0], list):
+    if not any(isinstance(item, list) for item in data):
         return data
     out: list = []
     for item in data:

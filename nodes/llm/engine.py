@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from nodes.errors import InvalidRequest
 from nodes.llm.config import EngineConfig
 from nodes.llm.kv_cache import BlockManager
 from nodes.llm.runner import ModelRunner
@@ -93,14 +94,25 @@ class LLMEngine:
     def _make_seq(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> Sequence:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
-            raise ValueError("empty prompt")
+            raise InvalidRequest("empty prompt: give at least one token", field="prompt")
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}")
+            raise InvalidRequest(
+                f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
+                "(prompt and output tokens together)",
+                field="prompt",
+            )
+        if params.max_tokens > self.max_model_len:
+            raise InvalidRequest(
+                f"max_tokens {params.max_tokens} is more than max_model_len "
+                f"{self.max_model_len} (prompt and output tokens together)",
+                field="max_tokens",
+            )
         need = self.blocks.blocks_needed(min(len(ids) + params.max_tokens, self.max_model_len))
         if need > self.blocks.num_blocks:
-            raise ValueError(
+            raise InvalidRequest(
                 f"request needs {need} KV blocks but the cache has {self.blocks.num_blocks}; "
-                f"raise kv_cache_bytes or lower max_tokens"
+                f"raise kv_cache_bytes or lower max_tokens",
+                field="max_tokens",
             )
         rid = request_id or f"req-{next(_ids)}"
         return Sequence(rid, ids, params, time.perf_counter())

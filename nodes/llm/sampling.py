@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nodes.errors import InvalidRequest
+
 if (
     TYPE_CHECKING
 ):  # torch is imported where sampling runs: the llm node's params validate without it
@@ -13,7 +15,8 @@ if (
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How one request picks its tokens and when it stops. temperature 0 is greedy."""
+    """How one request picks its tokens and when it stops. temperature 0 is greedy.
+    A value out of range raises nodes.errors.InvalidRequest naming the field."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -34,14 +37,18 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "score_token_ids", tuple(self.score_token_ids))
-        for ok, rule in (
-            (self.max_tokens >= 1, "max_tokens >= 1"), (self.temperature >= 0, "temperature >= 0"),
-            (0 < self.top_p <= 1, "0 < top_p <= 1"), (self.top_k >= 0, "top_k >= 0 (0 = off)"),
-            (self.repetition_penalty > 0, "repetition_penalty > 0"),
-            (all(self.stop), "stop strings not empty"),
+        for ok, field, rule in (
+            (self.max_tokens >= 1, "max_tokens", ">= 1"),
+            (self.temperature >= 0, "temperature", ">= 0 (0 is greedy)"),
+            (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
+            (self.top_k >= 0, "top_k", ">= 0 (0 = off)"),
+            (self.repetition_penalty > 0, "repetition_penalty", "> 0"),
+            (self.presence_penalty == self.presence_penalty, "presence_penalty", "a number"),
+            (all(self.stop), "stop", "non-empty strings"),
         ):  # fmt: skip
             if not ok:
-                raise ValueError(f"sampling params: need {rule} ({self})")
+                got = getattr(self, field)
+                raise InvalidRequest(f"{field} must be {rule}, got {got!r}", field=field)
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,23 @@
+"""The one exception a node raises when the *request* is wrong, not the node.
+
+Nodes know nothing of the engine (they must not import engine/), so the engine's error tree cannot
+be raised from here. A node that finds a bad value in a request (an LLM `max_tokens` of 0, a
+`messages` input that is not chat JSON, a prompt longer than `max_model_len`) raises
+`InvalidRequest` naming the field; the engine maps it to `engine.errors.InvalidInput`
+(HTTP 400 / gRPC INVALID_ARGUMENT), names the node, and does not count it as a node failure.
+Anything else a node raises is the node's fault (HTTP 500 / gRPC INTERNAL).
+"""
+
+from __future__ import annotations
+
+
+class InvalidRequest(ValueError):
+    """A request value this node cannot accept. `field` names the input or parameter at fault
+    (e.g. "max_tokens"); the message says what is wrong and what is allowed.
+
+    It subclasses ValueError so that code using a node directly (offline, without the engine)
+    keeps catching what it caught before."""
+
+    def __init__(self, message: str, *, field: str = ""):
+        self.field = field
+        super().__init__(message)
