@@ -14,7 +14,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # subcommand modules, in the order `pipectl --help` lists them
-COMMANDS = ("validate", "schema", "graph", "plan", "run", "index", "serve")
+COMMANDS = ("validate", "schema", "graph", "plan", "run", "index", "serve", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
