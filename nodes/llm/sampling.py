@@ -24,11 +24,14 @@ class SamplingParams:
     top_k: int = 0  # 0: off
     repetition_penalty: float = 1.0  # >1 discourages tokens of the prompt and output (CTRL style)
     presence_penalty: float = 0.0  # subtracted once from tokens already generated
+    frequency_penalty: float = 0.0  # subtracted once per occurrence in the generated tokens
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    min_tokens: int = 0  # no EOS, stop token or stop string before this many output tokens
     logprobs: bool = False  # log-probability of each chosen token (from the penalized logits)
+    top_logprobs: int = 0  # also the k most likely tokens and their log-probabilities, per step
     score_token_ids: tuple[int, ...] = ()  # also report the log-probabilities of these tokens
 
     def __post_init__(self):
@@ -43,7 +46,10 @@ class SamplingParams:
             (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
             (self.top_k >= 0, "top_k", ">= 0 (0 = off)"),
             (self.repetition_penalty > 0, "repetition_penalty", "> 0"),
-            (self.presence_penalty == self.presence_penalty, "presence_penalty", "a number"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty", "in [-2, 2]"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "in [-2, 2]"),
+            (self.min_tokens >= 0, "min_tokens", ">= 0"),
+            (0 <= self.top_logprobs <= 20, "top_logprobs", "in [0, 20]"),
             (all(self.stop), "stop", "non-empty strings"),
         ):  # fmt: skip
             if not ok:
@@ -56,7 +62,8 @@ class SamplingParams:
 
 
 def apply_penalties(logits: torch.Tensor, token_ids: list[int], num_prompt: int, params) -> None:
-    """In place on one row: repetition penalty on prompt and output tokens, presence on output."""
+    """In place on one row: repetition penalty on prompt and output tokens (CTRL, Keskar et al.
+    2019), presence and frequency penalties on output tokens (OpenAI's definitions)."""
     import torch
 
     if params.repetition_penalty != 1.0:
@@ -67,6 +74,11 @@ def apply_penalties(logits: torch.Tensor, token_ids: list[int], num_prompt: int,
     if params.presence_penalty != 0.0 and len(token_ids) > num_prompt:
         generated = torch.tensor(sorted(set(token_ids[num_prompt:])), dtype=torch.long)
         logits[generated] -= params.presence_penalty
+    if params.frequency_penalty != 0.0 and len(token_ids) > num_prompt:
+        ids, counts = torch.tensor(token_ids[num_prompt:], dtype=torch.long).unique(
+            return_counts=True
+        )
+        logits[ids] -= params.frequency_penalty * counts.to(logits.dtype)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -84,15 +96,20 @@ def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor)
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
-def sample(logits: torch.Tensor, seqs: list):
+def sample(logits: torch.Tensor, seqs: list, eos_ids: tuple[int, ...] = ()):
     """One token per row of float32 `logits` [S, V] for `seqs`. Returns (tokens, logprobs of the
-    chosen tokens or None, per row the logprobs of its `score_token_ids` or None)."""
+    chosen tokens or None, per row the logprobs of its `score_token_ids` or None, per row its
+    `top_logprobs` most likely (token, logprob) pairs or None)."""
     import torch
 
     params = [s.params for s in seqs]
     for i, (seq, p) in enumerate(zip(seqs, params)):
-        if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0:
+        if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
             apply_penalties(logits[i], seq.token_ids, seq.num_prompt_tokens, p)
+        if p.min_tokens and seq.num_output_tokens < p.min_tokens:
+            banned = [t for t in (*eos_ids, *p.stop_token_ids) if t is not None]
+            if banned:
+                logits[i, banned] = float("-inf")
     tokens = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
@@ -108,10 +125,15 @@ def sample(logits: torch.Tensor, seqs: list):
         for j, i in enumerate(rows):
             noise[j].exponential_(generator=seqs[i].generator)
         tokens[idx] = (probs / noise).argmax(dim=-1)
-    logprobs = scores = None
+    logprobs = scores = tops = None
     if any(p.logprobs or p.score_token_ids for p in params):
         log_probs = logits.log_softmax(dim=-1)
         logprobs = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
         scores = [log_probs[i, list(p.score_token_ids)].tolist() if p.score_token_ids else None
                   for i, p in enumerate(params)]  # fmt: skip
-    return tokens.tolist(), logprobs, scores
+        if any(p.top_logprobs for p in params):
+            k = max(p.top_logprobs for p in params)
+            values, ids = log_probs.topk(k, dim=-1)
+            tops = [list(zip(ids[i, : p.top_logprobs].tolist(), values[i, : p.top_logprobs].tolist()))
+                    if p.top_logprobs else None for i, p in enumerate(params)]  # fmt: skip
+    return tokens.tolist(), logprobs, scores, tops

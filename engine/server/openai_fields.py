@@ -1,0 +1,175 @@
+"""OpenAI request fields: which are honoured, how they become pipeline inputs, which are refused.
+
+A field is either honoured or refused by name with a 400, never silently dropped (the brief's
+rule, and vLLM's behaviour for fields it lacks). Sampling fields become pipeline inputs of the same
+name; an `llm` node declares them as request parameters, so every pipeline with an `llm` node has
+them without its file declaring them (engine/compiler.py `wire_request_parameters`). Ranges follow
+OpenAI's API reference (temperature 0..2, penalties -2..2, top_logprobs 0..20, completions'
+logprobs 0..5) and vLLM's extra sampling params (top_k, repetition_penalty, ignore_eos,
+min_tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InvalidInput
+from engine.server import tensors
+
+
+def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
+    def check(name: str, value: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidInput(f"'{name}' must be a number, not {value!r}")
+        too_low = lo is not None and (value <= lo if lo_open else value < lo)
+        if too_low or (hi is not None and value > hi):
+            low = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+            high = "" if hi is None else f" <= {hi}"
+            raise InvalidInput(f"'{name}' must be {low}{name}{high}, not {value!r}")
+        return float(value)
+
+    return check
+
+
+def _integer(lo: int | None = None, hi: int | None = None):
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"'{name}' must be an integer, not {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+            raise InvalidInput(f"'{name}' must be in {span}, not {value!r}")
+        return value
+
+    return check
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"'{name}' must be true or false, not {value!r}")
+    return value
+
+
+def _stop(name: str, value: Any) -> list[str]:
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise InvalidInput(f"'{name}' must be a non-empty string or a list of them")
+    if len(stops) > 4:
+        raise InvalidInput(f"'{name}' takes at most 4 sequences, not {len(stops)}")
+    return stops
+
+
+def _top_k(name: str, value: Any) -> int:
+    k = _integer(-1)(name, value)
+    return max(k, 0)  # vLLM: -1 (or 0 here) turns top-k off
+
+
+# sampling field → (pipeline input it feeds, checker)
+SAMPLING = {
+    "max_tokens": ("max_tokens", _integer(1)),
+    "max_completion_tokens": ("max_tokens", _integer(1)),
+    "temperature": ("temperature", _number(0, 2)),
+    "top_p": ("top_p", _number(0, 1, lo_open=True)),
+    "top_k": ("top_k", _top_k),
+    "seed": ("seed", _integer()),
+    "stop": ("stop", _stop),
+    "presence_penalty": ("presence_penalty", _number(-2, 2)),
+    "frequency_penalty": ("frequency_penalty", _number(-2, 2)),
+    "repetition_penalty": ("repetition_penalty", _number(0, lo_open=True)),
+    "ignore_eos": ("ignore_eos", _boolean),
+    "min_tokens": ("min_tokens", _integer(0)),
+}
+# fields the routes handle themselves
+ROUTE_FIELDS = {"model", "messages", "prompt", "stream", "stream_options", "n", "user",
+                "response_format", "logprobs", "top_logprobs", "echo"}  # fmt: skip
+# fields accepted only at their "off" value: anything else is refused by name
+OFF_VALUES = {
+    "logit_bias": ({}, None), "tools": ([], None), "tool_choice": ("none", None),
+    "functions": ([], None), "function_call": ("none", None), "parallel_tool_calls": (None,),
+    "best_of": (1, None), "suffix": (None, ""), "store": (False, None), "metadata": (None,),
+    "service_tier": (None, "auto", "default"), "modalities": (["text"], None),
+    "audio": (None,), "prediction": (None,), "reasoning_effort": (None,),
+    "web_search_options": (None,),
+}  # fmt: skip
+
+
+def _refuse(field: str, why: str) -> InvalidInput:
+    return InvalidInput(f"'{field}' is not supported: {why}")
+
+
+def check_fields(body: dict, *, chat: bool) -> None:
+    """Refuse, by name, every field that is unknown or set to something we cannot honour."""
+    for field, value in body.items():
+        if field in SAMPLING or field in ROUTE_FIELDS:
+            continue
+        if field in OFF_VALUES:
+            if value not in OFF_VALUES[field]:
+                raise _refuse(field, f"pipectl serves text generation only (got {value!r})")
+            continue
+        raise _refuse(field, "not a field pipectl knows for this endpoint")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise _refuse("n", f"one choice per request (n=1), got {n!r}; send {n!r} requests")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise _refuse("response_format", f"only type 'text' (no structured output), got {kind!r}")
+    if body.get("echo") not in (None, False):
+        raise _refuse("echo", "the prompt is not repeated in the answer")
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise _refuse("stream_options", f"only include_usage, got {options!r}")
+        if not body.get("stream"):
+            raise InvalidInput("'stream_options' is only allowed with 'stream': true")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidInput(f"'user' must be a string, not {user!r}")
+
+
+def logprobs_wanted(body: dict, *, chat: bool) -> tuple[bool, int]:
+    """(logprobs on, how many top alternatives per token) from the request."""
+    if chat:
+        on = body.get("logprobs")
+        on = False if on is None else _boolean("logprobs", on)
+        top = body.get("top_logprobs")
+        top = 0 if top is None else _integer(0, 20)("top_logprobs", top)
+        if top and not on:
+            raise InvalidInput("'top_logprobs' needs 'logprobs': true")
+        return on, top
+    if body.get("top_logprobs") is not None:
+        raise _refuse("top_logprobs", "completions take 'logprobs': N (0..5) instead")
+    top = body.get("logprobs")
+    if top is None:
+        return False, 0
+    return True, _integer(0, 5)("logprobs", top)
+
+
+def sampling_inputs(model, body: dict, *, chat: bool) -> dict[str, np.ndarray]:
+    """The pipeline inputs (batch of one) that carry the request's sampling fields. A field the
+    pipeline has no input for is refused by name."""
+    values: dict[str, tuple[str, Any]] = {}  # input → (field, value); max_completion_tokens wins
+    for field, (name, check) in SAMPLING.items():
+        value = body.get(field)
+        if value is not None:
+            values[name] = (field, check(field, value))
+    on, top = logprobs_wanted(body, chat=chat)
+    if on:
+        values["logprobs"] = ("logprobs", True)
+        if top:
+            values["top_logprobs"] = ("logprobs" if not chat else "top_logprobs", top)
+    out = {}
+    for name, (field, value) in values.items():
+        if name not in model.inputs:
+            raise _refuse(
+                field, f"pipeline {model.name!r} has no input {name!r} (an llm node takes it)"
+            )
+        seq = value if isinstance(value, list) else [value]
+        out[name] = tensors.from_json(name, model.inputs[name].dtype, [1, len(seq)], seq)
+    return out
