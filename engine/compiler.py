@@ -6,6 +6,7 @@ nodes topologically (file order among equals), merges `defaults`, and places the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import networkx as nx
@@ -13,7 +14,7 @@ import networkx as nx
 from engine.errors import GraphError, PlacementError
 from engine.graph import Analysis, NodeInfo, analyze, parse_ref
 from engine.placement import Device, PlacementRequest, inventory, place
-from engine.plan import PIPELINE_INPUT, NodePlan, Plan, Source
+from engine.plan import PIPELINE_INPUT, InstancePlan, NodePlan, Plan, Source
 from engine.spec import PipelineSpec, load_spec
 from nodes.base import TensorSpec
 
@@ -43,7 +44,7 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
             ports=info.ports,
             inputs={**info.sources, **wired.get(name, {})},
             batching=info.batching,
-            instances=placed[name],
+            instances=_with_dtypes(info, placed[name]),
             when=info.spec.when,
             line=spec.line(f"nodes.{name}"),
         )
@@ -98,6 +99,19 @@ def wire_request_parameters(
             implicit.setdefault(port, given)
             wired.setdefault(name, {})[port] = Source(PIPELINE_INPUT, port)
     return implicit, wired, notes
+
+
+def _with_dtypes(info: NodeInfo, instances: tuple[InstancePlan, ...]):
+    """Each instance with the dtype its kind will compute in there (`auto` resolved by the
+    kind's params, nodes/compute_dtype.py), for kinds whose params have `compute_dtype`."""
+    resolve = getattr(info.params, "compute_dtype", None)
+    if resolve is None:
+        return instances
+    out = []
+    for instance in instances:
+        choice = resolve(instance.device)
+        out.append(dataclasses.replace(instance, dtype=choice.dtype, dtype_reason=choice.reason))
+    return tuple(out)
 
 
 def topological_order(analysis: Analysis) -> list[str]:

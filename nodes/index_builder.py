@@ -97,6 +97,8 @@ def build_index(
     meta = {
         "model": enc.model,
         "encoder": enc.model_dump(mode="json"),
+        "dtype": encoder.dtype.dtype,
+        "dtype_reason": encoder.dtype.reason,
         "index_type": params.index_type,
         "metric": params.metric,
         "corpus": str(corpus_jsonl),

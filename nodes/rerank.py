@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
+from nodes.compute_dtype import DtypeChoice, DtypeName, resolve_dtype
 from nodes.paths import resolve_path
 
 # Of two wordings tried on 20 corpus questions, this one ranked better (fused with retrieval).
@@ -39,7 +40,11 @@ class RerankParams(NodeParams):
     top_n: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(512, ge=8, description="tokens per pair; longer passages are cut")
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: DtypeName = Field(
+        "auto",
+        description="auto: the device's native dtype (fp32 here "
+        "unless the CPU computes bf16); onnxruntime runs fp32",
+    )
     runtime: Literal["torch", "onnxruntime"] = "torch"
     label: int | None = Field(None, description="cross_encoder: the relevant class (default last)")
     cache_dir: str | None = Field(None, description="onnxruntime: exports (~/.cache/pipectl/onnx)")
@@ -50,8 +55,8 @@ class RerankParams(NodeParams):
 
     @model_validator(mode="after")
     def _check(self) -> RerankParams:
-        if self.runtime == "onnxruntime" and self.dtype != "fp32":
-            raise ValueError("runtime onnxruntime runs fp32 only; use dtype: fp32")
+        if self.runtime == "onnxruntime" and self.dtype not in ("fp32", "auto"):
+            raise ValueError("runtime onnxruntime runs fp32 only; use dtype: fp32 or auto")
         if self.backend == "llm_judge" and self.runtime != "torch":
             raise ValueError("runtime onnxruntime is for the cross_encoder backend only")
         if self.backend == "llm_judge":
@@ -62,6 +67,13 @@ class RerankParams(NodeParams):
                 # the query must come first so the engine's prefix cache shares it
                 raise ValueError("prompt must put {query} before {passage}")
         return self
+
+    def compute_dtype(self, device: str) -> DtypeChoice:
+        """The dtype an instance on `device` computes in (`auto` resolved)."""
+        if self.runtime == "onnxruntime":
+            return resolve_dtype(self.dtype, device, supported=("fp32",),
+                                 why_limited="onnxruntime runs fp32")  # fmt: skip
+        return resolve_dtype(self.dtype, device)
 
 
 class RerankNode(Node):
@@ -103,14 +115,16 @@ class RerankNode(Node):
         )
         weights = sum(f.stat().st_size for f in files if f.exists())
         if params.backend == "llm_judge":
-            # GGUF Q4 dequantizes to ~8x its size in fp32 (4x in bf16), plus the KV cache
-            scale = 4 if params.dtype == "bf16" else 8
-            return weights * scale + params.kv_cache_mb * 2**20
-        return weights // 2 if params.dtype == "bf16" else weights
+            # GGUF Q4 dequantizes to ~8x its size in fp32 (4x in bf16/fp16), plus the KV cache;
+            # auto is sized as fp32, the largest it resolves to
+            half = params.dtype in ("bf16", "fp16")
+            return weights * (4 if half else 8) + params.kv_cache_mb * 2**20
+        return weights // 2 if params.dtype in ("bf16", "fp16") else weights
 
     def load(self, device: str) -> None:
         self.device = device
         p: RerankParams = self.params  # type: ignore[assignment]
+        self.dtype = p.compute_dtype(device)
         path = resolve_path(p.model, self.base_dir)
         if p.backend == "cross_encoder":
             from nodes.rerank_cross import CrossEncoderScorer
@@ -118,7 +132,7 @@ class RerankNode(Node):
             self.scorer = CrossEncoderScorer(
                 path,
                 device=device,
-                dtype=p.dtype,
+                dtype=self.dtype.dtype,
                 runtime=p.runtime,
                 batch_size=p.batch_size,
                 max_length=p.max_length,
@@ -131,7 +145,7 @@ class RerankNode(Node):
             self.scorer = LLMJudgeScorer(
                 path,
                 device=device,
-                dtype=p.dtype,
+                dtype=self.dtype.dtype,
                 prompt=p.prompt,
                 chat=p.chat,
                 batch_size=p.batch_size,

@@ -1,5 +1,5 @@
 """Cross-encoder relevance scores: a Hugging Face sequence-classification model reads each
-(query, passage) pair together and returns one logit per pair. torch (fp32 or bf16) or
+(query, passage) pair together and returns one logit per pair. torch (fp32, bf16 or fp16) or
 onnxruntime (exported once, cached beside the other exports)."""
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ class CrossEncoderScorer:
             raise ValueError(f"label {label} out of range: the model has {self.num_labels} labels")
 
     def _load_torch(self, dtype: str) -> None:
-        import torch
         from transformers import AutoModelForSequenceClassification
 
-        torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        from nodes.compute_dtype import torch_dtype
+
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(self.folder), dtype=torch_dtype
+            str(self.folder), dtype=torch_dtype(dtype)
         )
         self.model = model.to(self.device).eval()
         self.num_labels = int(model.config.num_labels)

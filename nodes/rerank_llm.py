@@ -24,7 +24,7 @@ class LLMJudgeScorer:
         model: Path,
         *,
         device: str = "cpu",
-        dtype: str = "bf16",
+        dtype: str = "auto",
         prompt: str,
         chat: bool = True,
         batch_size: int = 32,

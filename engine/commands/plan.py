@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
         "plan",
         help="compile a pipeline and print its plan",
         description="Compile a pipeline against this machine's devices and print, per node in "
-        "run order: kind, inputs, batching, instances and their devices, condition.",
+        "run order: kind, inputs, batching, instances and their devices, the dtype each "
+        "instance computes in (and why), memory, condition.",
     )
     parser.add_argument("file", metavar="FILE")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -39,12 +40,16 @@ def format_plan(plan: Plan) -> str:
     inputs = ", ".join(f"{n} {s.dtype} {list(s.shape)}" for n, s in plan.inputs.items())
     lines.append(f"inputs:  {inputs or '-'}")
     lines.append("outputs: " + ", ".join(f"{n} <- {src}" for n, src in plan.outputs.items()))
-    rows = [("node", "kind", "inputs", "batch", "delay ms", "instances", "memory", "when")]
+    rows = [("node", "kind", "inputs", "batch", "delay ms", "instances", "dtype", "memory", "when")]
+    reasons: list[str] = []
     for name, node in plan.nodes.items():
         devices: dict[str, int] = {}
         for inst in node.instances:
             devices[inst.device] = devices.get(inst.device, 0) + 1
         memory = sum(i.memory_bytes for i in node.instances)
+        dtypes = list(dict.fromkeys(i.dtype for i in node.instances if i.dtype))
+        for reason in dict.fromkeys(i.dtype_reason for i in node.instances if i.dtype):
+            reasons.append(f"dtype {name}: {reason}")
         rows.append(
             (
                 name,
@@ -53,6 +58,7 @@ def format_plan(plan: Plan) -> str:
                 str(node.batching.max_batch_size),
                 f"{node.batching.max_queue_delay_ms:g}",
                 ", ".join(f"{d} x{n}" for d, n in devices.items()),
+                ", ".join(dtypes) or "-",
                 _size(memory),
                 node.when or "",
             )
@@ -61,6 +67,9 @@ def format_plan(plan: Plan) -> str:
     lines.append("")
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if reasons:
+        lines.append("")
+        lines.extend(reasons)
     for warning in plan.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines) + "\n"

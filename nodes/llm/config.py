@@ -75,7 +75,7 @@ class ModelConfig:
 class EngineConfig:
     """Limits of one engine: dtype, KV budget and the per-step token budget."""
 
-    dtype: str = "bf16"  # bf16 | fp32
+    dtype: str = "auto"  # auto | bf16 | fp16 | fp32; the engine resolves auto for its device
     device: str = "cpu"
     block_size: int = 16
     kv_cache_bytes: int = 512 << 20
@@ -86,8 +86,8 @@ class EngineConfig:
     num_threads: int = 1  # torch intra-op threads; 0 leaves torch's setting (see bench/llm.py)
 
     def __post_init__(self):
-        if self.dtype not in ("bf16", "fp32"):
-            raise ValueError(f"dtype {self.dtype!r} unsupported; dtypes: bf16, fp32")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"dtype {self.dtype!r} unsupported; dtypes: auto, bf16, fp16, fp32")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         lows = {"kv_cache_bytes": 1, "max_num_seqs": 1, "max_num_batched_tokens": 1,

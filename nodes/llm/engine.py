@@ -8,6 +8,7 @@ requests and aborts through a queue and receive deltas through callbacks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import queue
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from nodes.compute_dtype import resolve_dtype
 from nodes.errors import InvalidRequest
 from nodes.llm.config import EngineConfig
 from nodes.llm.kv_cache import BlockManager
@@ -71,7 +73,9 @@ class LLMEngine:
     """Load a model (HF folder or GGUF) and serve generation requests with continuous batching."""
 
     def __init__(self, model: str | Path, config: EngineConfig | None = None):
-        self.config = config or EngineConfig()
+        config = config or EngineConfig()
+        self.dtype = resolve_dtype(config.dtype, config.device)  # auto → this device's dtype
+        self.config = dataclasses.replace(config, dtype=self.dtype.dtype)
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
         model_config, weights = load_weights(model)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from nodes.llm.attention import AttentionMetadata, attend
 from nodes.llm.config import ModelConfig
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:

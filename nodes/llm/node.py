@@ -10,12 +10,12 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
+from nodes.compute_dtype import DtypeChoice, DtypeName, resolve_dtype
 from nodes.errors import InvalidRequest
 from nodes.paths import resolve_path
 
@@ -36,7 +36,8 @@ class LLMParams(NodeParams):
     | param                  | default            | meaning                                        |
     |------------------------|--------------------|------------------------------------------------|
     | model                  | SmolLM2-135M GGUF  | GGUF file or HF folder (pkg: or a path)        |
-    | dtype                  | bf16               | bf16 or fp32                                   |
+    | dtype                  | auto               | auto, bf16, fp16 or fp32 (auto: the device's   |
+    |                        |                    | native dtype, nodes/compute_dtype.py)          |
     | block_size             | 16                 | tokens per KV block                            |
     | kv_cache_bytes         | 512 MiB            | KV cache budget                                |
     | max_num_seqs           | 64                 | sequences running at once                      |
@@ -51,7 +52,7 @@ class LLMParams(NodeParams):
     """
 
     model: str = DEFAULT_MODEL
-    dtype: Literal["bf16", "fp32"] = "bf16"
+    dtype: DtypeName = "auto"
     block_size: int = Field(16, ge=1)
     kv_cache_bytes: int = Field(512 << 20, ge=1 << 16)
     max_num_seqs: int = Field(64, ge=1)
@@ -79,6 +80,10 @@ class LLMParams(NodeParams):
         if self.max_tokens > self.max_model_len:
             raise ValueError(f"max_tokens {self.max_tokens} > max_model_len {self.max_model_len}")
         return self
+
+    def compute_dtype(self, device: str) -> DtypeChoice:
+        """The dtype an instance on `device` computes in (`auto` resolved)."""
+        return resolve_dtype(self.dtype, device)
 
     def engine_config(self, device: str):
         from nodes.llm.config import EngineConfig
@@ -189,8 +194,9 @@ class LLMNode(Node):
             size = sum(f.stat().st_size for f in files)
         except (FileNotFoundError, OSError):
             size = 0
-        # GGUF 4-bit ~0.56 bytes/parameter; dequantized to 2 (bf16) or 4 (fp32) bytes
-        elem = 2 if params.dtype == "bf16" else 4
+        # GGUF 4-bit ~0.56 bytes/parameter; dequantized to 2 (bf16/fp16) or 4 (fp32, and auto,
+        # sized as the largest it resolves to) bytes
+        elem = 2 if params.dtype in ("bf16", "fp16") else 4
         weights = size * elem * 2 if str(params.model).endswith(".gguf") else size * elem // 2
         return weights + params.kv_cache_bytes
 
@@ -200,6 +206,7 @@ class LLMNode(Node):
         self.device = device
         path = resolve_path(self.params.model, self.base_dir)
         self.engine = LLMEngine(path, self.params.engine_config(device))
+        self.dtype = self.engine.dtype
         self.engine.generate(["Hello"], self.params.sampling(max_tokens=1))  # warm up
 
     def _request(self, item: Item):

@@ -111,6 +111,7 @@ def test_plan_command(capsys, write_pipeline):
         "delay",
         "ms",
         "instances",
+        "dtype",
         "memory",
         "when",
     ]

@@ -48,7 +48,7 @@ def expected() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fp32() -> EncoderNode:
-    node = EncoderNode(EncoderParams(micro_batch=2), None)
+    node = EncoderNode(EncoderParams(micro_batch=2, dtype="fp32"), None)
     node.load("cpu")
     return node
 
@@ -123,7 +123,7 @@ def test_run_batch_takes_bytes_items_and_keeps_order(fp32, expected):
 
 @pytest.mark.integration
 def test_truncates_at_max_length():
-    node = EncoderNode(EncoderParams(max_length=8), None)
+    node = EncoderNode(EncoderParams(max_length=8, dtype="fp32"), None)
     node.load("cpu")
     long = TEXTS[-1]
     np.testing.assert_allclose(node.embed([long]), reference([long], max_length=8), atol=1e-5)
@@ -164,3 +164,26 @@ def test_onnxruntime_exports_once_and_matches(tmp_path, expected):
     batch = again.embed(TEXTS)
     single = np.stack([again.embed([text])[0] for text in TEXTS])
     np.testing.assert_allclose(batch, single, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_auto_loads_the_dtype_the_cpu_computes_natively(monkeypatch):
+    """On this machine auto is what nodes/compute_dtype resolves from torch's report; on a CPU
+    without native bf16 (Zen 3's flags) it is fp32. The model's weights are in that dtype."""
+    import torch
+
+    from nodes import compute_dtype
+
+    node = EncoderNode(EncoderParams(), None)
+    node.load("cpu")
+    expected = compute_dtype.resolve_dtype("auto", "cpu")
+    assert node.dtype == expected
+    assert next(node._model.parameters()).dtype == compute_dtype.torch_dtype(expected.dtype)
+    zen3 = compute_dtype.cpu_info_from_flags(["sse4_2", "avx", "avx2", "fma", "f16c"])
+    monkeypatch.setattr(compute_dtype, "cpu_info", lambda import_torch=True: zen3)
+    slow_bf16 = EncoderNode(EncoderParams(), None)
+    slow_bf16.load("cpu")
+    assert slow_bf16.dtype.reason == "cpu: AVX2, no native bf16 → fp32"
+    assert next(slow_bf16._model.parameters()).dtype == torch.float32
+    onnx = EncoderParams(backend="onnxruntime").compute_dtype("cpu")
+    assert (onnx.dtype, onnx.reason) == ("fp32", "cpu: onnxruntime runs fp32 → fp32")

@@ -230,7 +230,7 @@ def test_real_corpus_round_trip(real_subset, tmp_path, index_type):
     meta = build_index(
         real_subset,
         out,
-        {"max_length": 48},
+        {"max_length": 48, "dtype": "fp32"},  # exact: the build batches differently
         search_params={"index": "unused", "nprobe": 64, "ef_search": 64, "top_k": 3},
         index_type=index_type,
         batch_size=32,
@@ -252,7 +252,7 @@ def test_real_corpus_round_trip(real_subset, tmp_path, index_type):
     np.testing.assert_allclose([o["scores"][0] for o in out_items], 1.0, atol=1e-3)
     if index_type == "flat":
         # each row holds the embedding of that row's passage (the build embeds out of order)
-        encoder = EncoderNode(EncoderParams(max_length=48), None)
+        encoder = EncoderNode(EncoderParams(max_length=48, dtype="fp32"), None)
         encoder.load("cpu")
         texts = [rows[i]["text"] for i in (0, 57, 79)]
         np.testing.assert_allclose(encoder.embed(texts), vectors, atol=1e-5)

@@ -98,6 +98,7 @@ def _item(query: str, docs: list[str], ids: list[int] | None = None, keys=None):
 
 
 def _node(folder, **params) -> RerankNode:
+    params.setdefault("dtype", "fp32")  # the references are fp32
     node = RerankNode(RerankParams(model=str(folder), **params))
     node.load("cpu")
     return node

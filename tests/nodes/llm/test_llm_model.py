@@ -93,7 +93,7 @@ def test_model_config_rejects_bad_shapes():
 
 def test_engine_config_checks():
     with pytest.raises(ValueError, match="dtype"):
-        EngineConfig(dtype="fp16")
+        EngineConfig(dtype="fp8")
     with pytest.raises(ValueError, match="power of two"):
         EngineConfig(block_size=12)
     with pytest.raises(ValueError, match="max_num_seqs"):

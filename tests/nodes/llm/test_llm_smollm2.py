@@ -66,17 +66,19 @@ def test_chat_template_and_eos(engine):
     assert answer.token_ids[-1] in engine.eos_ids
 
 
-def test_default_node_streams_a_chat_answer_in_bf16():
+def test_default_node_streams_a_chat_answer_in_its_auto_dtype():
     import asyncio
     import contextlib
     import json
 
     import numpy as np
 
+    from nodes.compute_dtype import resolve_dtype
     from nodes.llm.node import LLMNode, LLMParams
 
     node = LLMNode(LLMParams(max_tokens=48, kv_cache_bytes=64 << 20))
     node.load("cpu")
+    assert node.dtype.dtype == resolve_dtype("auto", "cpu").dtype
     try:
         chat = np.empty(1, dtype=object)
         chat[0] = json.dumps(
