@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,36 @@ def build_http_app(repo: Repository, options: ServeOptions):
     return app
 
 
+def _in_daemon_thread(loop: asyncio.AbstractEventLoop, fn, *args) -> asyncio.Future:
+    """Run `fn(*args)` in a daemon thread; its outcome as a future of `loop`. Unlike the loop's
+    default executor, whose threads the interpreter joins at exit, an abandoned daemon thread
+    does not keep a stopping process alive."""
+    future = loop.create_future()
+
+    def settle(result=None, error: BaseException | None = None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome = (None, exc)
+        else:
+            outcome = (result, None)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: the server stopped meanwhile
+            pass
+
+    threading.Thread(target=run, name=f"pipectl-{fn.__name__}", daemon=True).start()
+    return future
+
+
 async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], None] = _say) -> int:
     """Serve `plans` until SIGTERM/SIGINT; returns the exit status."""
     from aiohttp import web
@@ -87,7 +118,15 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
         return 1
     await grpc_face.set_health(health, False)
     await grpc_server.start()
-    runner = web.AppRunner(build_http_app(repo, options), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that closes its connection cancels its request's handler,
+    # so its work is dropped from every queue and an LLM generation is aborted (aiohttp >= 3.9
+    # no longer does this by default)
+    runner = web.AppRunner(
+        build_http_app(repo, options),
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, options.host, options.http_port).start()
@@ -108,13 +147,14 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
             def progress(node: str, done: int, total: int, name: str = plan.name) -> None:
                 say(f"  {name}: loaded {node} ({done}/{total} instances)")
 
-            load = loop.run_in_executor(None, repo.load, plan.name, progress)
+            load = _in_daemon_thread(loop, repo.load, plan.name, progress)
             waiter = asyncio.ensure_future(stop.wait())
             await asyncio.wait([load, waiter], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             if stop.is_set():
-                say("stopping while loading (waiting for the current load to end)")
-                await asyncio.gather(load, return_exceptions=True)
+                # loading cannot be interrupted; it runs in a daemon thread that dies with the
+                # process, so a stop signal is obeyed now rather than after the load
+                say("stopping while loading (the load is abandoned)")
                 return 0
             try:
                 load.result()

@@ -91,3 +91,45 @@ def test_a_broken_pipeline_file_is_reported_before_listening(tmp_path):
     done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "nope" in done.stderr and "gRPC on" not in done.stderr
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_during_loading_exits_at_once(tmp_path, sig):
+    """The node takes 120 s to load; the signal is obeyed long before, the ports are free."""
+    from tests.server.conftest import _free_port
+
+    grpc_port, http_port = _free_port(), _free_port()
+    cmd = [
+        sys.executable, "-m", "engine.cli", "serve", str(DATA / "slow_load.yaml"),
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "loading pipeline" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)  # inside the load
+        process.send_signal(sig)
+        # generous: the load alone would take 120 s
+        assert process.wait(timeout=40) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    text = log.read_text()
+    assert "stopping while loading" in text and "stopped" in text, text
+    assert _free(grpc_port) and _free(http_port)
