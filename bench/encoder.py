@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.bench.load import run_level
+from engine.bench.targets import InProcess
 from engine.compiler import compile_file
 from engine.executor import Executor
 from engine.placement import GIB, Device
@@ -56,36 +58,24 @@ def pipeline_text(max_batch_size: int, dtype: str, backend: str, threads: int | 
     )
 
 
-async def drive(executor: Executor, texts: list[bytes], concurrency: int, seconds: float):
-    """`concurrency` clients submit back to back for `seconds`; returns latencies in s."""
-    latencies: list[float] = []
-    stop = time.perf_counter() + seconds
-    counter = iter(range(1 << 62))
-
-    async def client() -> None:
-        while (now := time.perf_counter()) < stop:
-            text = texts[next(counter) % len(texts)]
-            await executor.submit({"query": np.array([text], dtype=object)})
-            latencies.append(time.perf_counter() - now)
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return latencies
+def drive(executor: Executor, texts: list[bytes], concurrency: int, seconds: float) -> dict:
+    """`concurrency` clients submit back to back for `seconds` (`pipectl bench`'s closed loop,
+    texts round robin); its level summary."""
+    requests = [{"query": np.array([text], dtype=object)} for text in texts]
+    target = InProcess.of(executor)
+    return asyncio.run(run_level(target, requests, concurrency, seconds, 0.0, progress=False))
 
 
 def measure(executor: Executor, texts: list[bytes], concurrency: int, seconds: float) -> dict:
-    before = executor.statistics()["encode"]
-    begin, cpu = time.perf_counter(), time.process_time()
-    latencies = asyncio.run(drive(executor, texts, concurrency, seconds))
-    elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
-    after = executor.statistics()["encode"]
-    batches = after["batches"] - before["batches"]
-    items = after["success"] - before["success"]
-    latencies.sort()
+    cpu = time.process_time()
+    level = drive(executor, texts, concurrency, seconds)
+    cpu = time.process_time() - cpu
+    node = level["nodes"]["encode"]
     return {
-        "rate": len(latencies) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1e3,
-        "mean_batch": items / batches if batches else 0.0,
-        "cpu_ms": cpu * 1e3 / len(latencies),
+        "rate": level["rps"],
+        "p50_ms": level["latency_ms"]["p50"],
+        "mean_batch": node["mean_batch"] or 0.0,
+        "cpu_ms": cpu * 1e3 / max(1, level["requests"]),
     }
 
 
@@ -109,7 +99,7 @@ def main() -> None:
             plan = compile_file(path, devices=[Device("cpu", "cpu", 32 * GIB)])
             executors[size] = Executor(plan)
             executors[size].start()
-            asyncio.run(drive(executors[size], texts, 64, 1.0))  # warm-up: every batch shape
+            drive(executors[size], texts, 64, 1.0)  # warm-up: every batch shape
         try:
             for _ in range(args.rounds):
                 for concurrency in levels:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.bench.load import run_level
+from engine.bench.targets import InProcess
 from engine.compiler import compile_file
 from engine.executor import Executor
 from engine.placement import GIB, Device
@@ -51,19 +52,12 @@ def pipeline_text(max_batch_size: int, delay_ms: float) -> str:
     )
 
 
-async def drive(executor: Executor, concurrency: int, seconds: float) -> list[float]:
-    """Closed loop: `concurrency` clients submit back to back for `seconds`; latencies in s."""
+def drive(executor: Executor, concurrency: int, seconds: float) -> dict:
+    """Closed loop through `pipectl bench`'s driver: `concurrency` clients submit back to back
+    for `seconds`; its level summary (rps, latency_ms, per-node items and batches)."""
+    target = InProcess.of(executor)
     inputs = {"x": np.array([b"ping"], dtype=object)}
-    latencies: list[float] = []
-    stop = time.perf_counter() + seconds
-
-    async def client() -> None:
-        while (now := time.perf_counter()) < stop:
-            await executor.submit(inputs)
-            latencies.append(time.perf_counter() - now)
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return latencies
+    return asyncio.run(run_level(target, [inputs], concurrency, seconds, 0.0, progress=False))
 
 
 def start(folder: Path, max_batch_size: int, delay_ms: float) -> Executor:
@@ -71,28 +65,25 @@ def start(folder: Path, max_batch_size: int, delay_ms: float) -> Executor:
     path.write_text(pipeline_text(max_batch_size, delay_ms))
     executor = Executor(compile_file(path, devices=[Device("cpu", "cpu", 32 * GIB)]))
     executor.start()
-    asyncio.run(drive(executor, 8, 0.3))  # warm-up
+    drive(executor, 8, 0.3)  # warm-up
     return executor
 
 
 def measure(executor: Executor, concurrency: int, seconds: float) -> dict:
     """One closed-loop round: rate, wall and CPU cost per hop, latencies, mean batch size."""
-    before = executor.statistics()
-    begin, cpu = time.perf_counter(), time.process_time()
-    latencies = asyncio.run(drive(executor, concurrency, seconds))
-    elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
-    after = executor.statistics()
-    batches = sum(after[n]["batches"] - before[n]["batches"] for n in after)
-    items = sum(after[n]["success"] - before[n]["success"] for n in after)
-    latencies.sort()
-    rate = len(latencies) / elapsed
+    cpu = time.process_time()
+    level = drive(executor, concurrency, seconds)
+    cpu = time.process_time() - cpu
+    nodes = level["nodes"].values()
+    batches = sum(n["batches"] for n in nodes)
+    rate = level["rps"]
     return {
         "rate": rate,
         "hop_us": 1e6 / (rate * HOPS),
-        "cpu_hop_us": cpu * 1e6 / (len(latencies) * HOPS),
-        "p50_ms": latencies[len(latencies) // 2] * 1e3,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
-        "mean_batch": items / batches if batches else 0.0,
+        "cpu_hop_us": cpu * 1e6 / (level["requests"] * HOPS),
+        "p50_ms": level["latency_ms"]["p50"],
+        "p99_ms": level["latency_ms"]["p99"],
+        "mean_batch": sum(n["items"] for n in nodes) / batches if batches else 0.0,
     }
 
 
@@ -115,8 +106,7 @@ def main() -> None:
                 for size in sizes:
                     rounds[size].append(measure(executors[size], args.concurrency, args.seconds))
             for size in sizes:
-                latencies = asyncio.run(drive(executors[size], 1, 1.0))
-                lone[size] = statistics.median(latencies) * 1e6 / HOPS
+                lone[size] = drive(executors[size], 1, 1.0)["latency_ms"]["p50"] * 1e3 / HOPS
         finally:
             for executor in executors.values():
                 executor.stop()

@@ -1,16 +1,17 @@
-"""Serving benchmark: pipelines over gRPC with stock tritonclient clients, against the same
-pipelines called in-process through the executor, measured side by side in one run.
+"""Serving benchmark: pipelines over gRPC, against the same pipelines called in-process through
+the executor, measured side by side in one run, both through `pipectl bench`'s targets and
+closed-loop driver (engine/bench/).
 
     .venv/bin/python bench/serve.py                       # noop4 and embed, 1 and 32 clients
     .venv/bin/python bench/serve.py --pipelines noop4 --concurrency 1 32 --duration 10 --rounds 3
 
-The server is `pipectl serve` in its own process; clients run in separate processes
-(--client-procs, threads inside each; one tritonclient client per thread), so the server's
+The server is `pipectl serve` in its own process; the clients are this process's asyncio gRPC
+clients (`pipectl bench grpc://...`: one grpc.aio channel, KServe v2 ModelInfer), so the server's
 figures are not flattered by sharing its interpreter with the load generator. A `ServerLive` row
-(an empty RPC, same server and clients) shows the ceiling that gRPC and the Python clients alone
-impose. On a 2-core machine clients and server compete for the same cores: read the figures as a
-floor. CPU per request (server process, all threads; client processes) is steadier than req/s
-on a shared machine.
+(an empty RPC, same server, channel and driver) shows the ceiling that gRPC and a Python client
+alone impose. On a 2-core machine clients and server compete for the same cores: read the figures
+as a floor. CPU per request (server process, all threads; the client process) over the measured
+window is steadier than req/s on a shared machine.
 Reference (Triton 2.51 via PyTriton, identity model, dynamic batching, gRPC, this machine kind):
 300 req/s with 1 client (p50 3.2 ms), 2,250 req/s with 32 clients (p50 13 ms).
 """
@@ -19,20 +20,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.bench.load import run_level
+from engine.bench.remote import Grpc
+from engine.bench.targets import InProcess, Sample
+
 PIPELINES = {"noop4": HERE / "pipelines" / "noop4.yaml", "embed": HERE / "pipelines" / "embed.yaml"}
 TRITON = {1: 300.0, 32: 2250.0}
 LIVE = "ServerLive"  # the floor: an empty RPC on the same server, same clients
@@ -48,61 +54,75 @@ def request_inputs(pipeline: str) -> dict[str, np.ndarray]:
     return {"text": np.array([[SENTENCE.encode()]], dtype=object)}
 
 
-def summarise(latencies_s: list[float], elapsed_s: float) -> dict:
-    lat = np.asarray(latencies_s) * 1000
+# ---- load through `pipectl bench`'s driver -----------------------------------------------------
+def _window_cpu(target_cls):
+    """`target_cls` that also notes CPU seconds (server process by PID, this process) at the
+    two moments the driver reads counters: the start and the end of the measured window."""
+
+    class Noted(target_cls):
+        def note(self, server_pid: int | None) -> None:
+            self.server_pid, self.cpu = server_pid, []
+
+        async def counters(self):
+            server = _cpu_s(self.server_pid) if self.server_pid else 0.0
+            self.cpu.append((server, time.process_time()))
+            return await super().counters()
+
+    return Noted
+
+
+class _Live(Grpc):
+    """The floor: an empty ServerLive RPC on the same channel and driver."""
+
+    async def open(self) -> None:
+        from protos import grpc_service_pb2 as pb
+        from protos import grpc_service_pb2_grpc as pb_grpc
+
+        self.pb = pb
+        self.metadata = ()
+        self.channel = grpc.aio.insecure_channel(self.address)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.inputs, self.streaming, self.steps = {}, False, []
+
+    async def call(self, inputs: dict) -> Sample:
+        sample = Sample(time.perf_counter())
+        await self.stub.ServerLive(self.pb.ServerLiveRequest())
+        sample.end = time.perf_counter()
+        return sample
+
+    async def counters(self) -> dict:
+        return {}
+
+
+def _measure(target, server_pid, clients, warmup_s, duration_s, server_side: bool) -> dict:
+    """One level: req/s and latency percentiles, CPU per request of the server (all its
+    threads) and of this client process, over the measured window."""
+    target.note(server_pid)
+    item = {k: v[0] for k, v in request_inputs(target.name).items()}
+
+    async def go() -> dict:
+        await target.open()
+        try:
+            return await run_level(target, [item], clients, duration_s, warmup_s, progress=False)
+        finally:
+            await target.close()
+
+    try:  # the same event loop as `pipectl serve` and `pipectl bench`
+        import uvloop
+
+        level = uvloop.run(go())
+    except ImportError:
+        level = asyncio.run(go())
+    (server0, client0), (server1, client1) = target.cpu
+    n = max(1, level["requests"])
     return {
-        "requests": len(lat),
-        "rps": len(lat) / elapsed_s,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
+        "requests": level["requests"],
+        "rps": level["rps"],
+        "p50_ms": level["latency_ms"]["p50"],
+        "p99_ms": level["latency_ms"]["p99"],
+        "server_us": ((server1 - server0) if server_side else (client1 - client0)) / n * 1e6,
+        "client_us": (client1 - client0) / n * 1e6 if server_side else 0.0,
     }
-
-
-# ---- client processes -------------------------------------------------------------------------
-def client_main(url: str, pipeline: str, threads: int, warmup_s: float, duration_s: float) -> None:
-    """Run `threads` tritonclient loops; print the measured latencies as JSON."""
-    import tritonclient.grpc as grpcclient
-
-    arrays = request_inputs(pipeline)
-    start_at = time.monotonic() + warmup_s
-    stop_at = start_at + duration_s
-    per_thread: list[list[float]] = [[] for _ in range(threads)]
-    totals = [0] * threads
-    cpu_start = time.process_time()
-
-    def loop(index: int) -> None:
-        client = grpcclient.InferenceServerClient(url)
-        inputs = []
-        for name, array in arrays.items():
-            dtype = "BYTES" if array.dtype == object else "FP32"
-            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        out = per_thread[index]
-        while True:
-            begin = time.monotonic()
-            if begin >= stop_at:
-                break
-            if pipeline == LIVE:
-                client.is_server_live()
-            else:
-                client.infer(pipeline, inputs)
-            totals[index] += 1
-            if begin >= start_at:
-                out.append(time.monotonic() - begin)
-        client.close()
-
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    latencies = [x for lat in per_thread for x in lat]
-    print(
-        json.dumps(
-            {"lat": latencies, "total": sum(totals), "cpu_s": time.process_time() - cpu_start}
-        )
-    )
 
 
 def _cpu_s(pid: int) -> float:
@@ -111,81 +131,20 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def over_grpc(
-    url: str, server_pid: int, pipeline: str, clients: int, procs: int, warmup_s: float,
-    duration_s: float,
-) -> dict:  # fmt: skip
-    procs = max(1, min(procs, clients))
-    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    cmd = [sys.executable, __file__, "--client", url, pipeline]
-    running = [
-        subprocess.Popen([*cmd, str(n), str(warmup_s), str(duration_s)], stdout=subprocess.PIPE, cwd=ROOT)
-        for n in shares
-    ]  # fmt: skip
-    server_cpu = _cpu_s(server_pid)
-    latencies: list[float] = []
-    total = 0
-    client_cpu = 0.0
-    for p in running:
-        out, _ = p.communicate(timeout=warmup_s + duration_s + 120)
-        if p.returncode:
-            raise RuntimeError(f"client process failed ({p.returncode})")
-        report = json.loads(out)
-        latencies.extend(report["lat"])
-        total += report["total"]
-        client_cpu += report["cpu_s"]
-    server_cpu = _cpu_s(server_pid) - server_cpu
-    return summarise(latencies, duration_s) | {
-        "server_us": server_cpu / total * 1e6,
-        "client_us": client_cpu / total * 1e6,
-    }
+def over_grpc(url: str, server_pid: int, pipeline: str, clients: int, warmup_s: float,
+              duration_s: float) -> dict:  # fmt: skip
+    """`pipectl bench grpc://URL --model PIPELINE -c CLIENTS` (its Grpc target and driver)."""
+    cls = _window_cpu(_Live if pipeline == LIVE else Grpc)
+    target = cls(url, None if pipeline == LIVE else pipeline, None)
+    target.name = pipeline
+    return _measure(target, server_pid, clients, warmup_s, duration_s, server_side=True)
 
 
-# ---- in process -------------------------------------------------------------------------------
 def in_process(pipeline: str, clients: int, warmup_s: float, duration_s: float) -> dict:
-    """The same requests through Executor.submit on one event loop (no network, no protobuf)."""
-    from engine.compiler import compile_file
-    from engine.executor import Executor
-
-    executor = Executor(compile_file(PIPELINES[pipeline]))
-    executor.start()
-    item = {k: v[0] for k, v in request_inputs(pipeline).items()}
-
-    total = [0]
-
-    async def run() -> list[float]:
-        start_at = time.monotonic() + warmup_s
-        stop_at = start_at + duration_s
-        latencies: list[float] = []
-
-        async def loop() -> None:
-            while True:
-                begin = time.monotonic()
-                if begin >= stop_at:
-                    return
-                await executor.submit(item)
-                total[0] += 1
-                if begin >= start_at:
-                    latencies.append(time.monotonic() - begin)
-
-        await asyncio.gather(*(loop() for _ in range(clients)))
-        return latencies
-
-    try:
-        cpu = time.process_time()
-        try:  # the same event loop as `pipectl serve`
-            import uvloop
-
-            latencies = uvloop.run(run())
-        except ImportError:
-            latencies = asyncio.run(run())
-        cpu = time.process_time() - cpu
-        return summarise(latencies, duration_s) | {
-            "server_us": cpu / total[0] * 1e6,
-            "client_us": 0.0,
-        }
-    finally:
-        executor.stop()
+    """The same requests through Executor.submit on one event loop (no network, no protobuf):
+    `pipectl bench bench/pipelines/PIPELINE.yaml`."""
+    target = _window_cpu(InProcess)(str(PIPELINES[pipeline]))
+    return _measure(target, None, clients, warmup_s, duration_s, server_side=False)
 
 
 # ---- orchestration ----------------------------------------------------------------------------
@@ -230,7 +189,6 @@ def main() -> int:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--client-procs", type=int, default=2, help="client processes at >1 client")
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat each point; report the median"
     )
@@ -242,7 +200,7 @@ def main() -> int:
     try:
         for _ in range(args.rounds):
             for pipeline, n in [*points, *((LIVE, n) for n in args.concurrency)]:
-                r = over_grpc(url, server.pid, pipeline, n, args.client_procs, args.warmup, args.duration)  # fmt: skip
+                r = over_grpc(url, server.pid, pipeline, n, args.warmup, args.duration)
                 runs.setdefault((pipeline, n, "grpc"), []).append(r)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -272,8 +230,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        _, _, url, pipeline, threads, warmup, duration = sys.argv
-        client_main(url, pipeline, int(threads), float(warmup), float(duration))
-    else:
-        sys.exit(main())
+    sys.exit(main())

@@ -319,15 +319,12 @@ class Batcher:
         return Done(item, None, error, queue_ns, 0, 0)
 
     def _record(self, done: list[Done], cancelled: int, computed: int, compute_ns: int) -> None:
-        now = time.monotonic_ns()
         with self._stats_lock:
             stats = self._stats
             stats["cancelled"] += cancelled
-            add = self.recent.add
             for d in done:
                 if d.error is None:
                     stats["success"] += 1
-                    add(now, d.queue_ns, d.compute_ns, d.batch_size)
                 elif isinstance(d.error, DeadlineExceeded):
                     stats["expired"] += 1
                 elif isinstance(d.error, InvalidInput):  # the request's fault, not the node's
@@ -339,6 +336,7 @@ class Batcher:
                 stats["batches"] += 1
                 stats["compute_ns"] += compute_ns
                 self._histogram[computed] = self._histogram.get(computed, 0) + 1
+                self.recent.record(time.monotonic_ns(), compute_ns, done)
 
     def statistics(self) -> dict:
         """Counts, queue and compute nanosecond totals, and the batch size histogram."""

@@ -328,7 +328,7 @@ class Executor:
         compute_ns = end - start
         stats["success"] += 1
         stats["compute_ns"] += compute_ns
-        self._stream_recent[name].add(end, 0, compute_ns, 1)
+        self._stream_recent[name].record_one(end, 0, compute_ns)
         if run.finished:
             return
         launches = Launches()

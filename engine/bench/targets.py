@@ -108,12 +108,30 @@ class InProcess(Target):
         self.description = f"{path} in process"
         self.knows_optional = True
         self.executor = None
+        self.owned = True  # started by open(), stopped by close()
+
+    @classmethod
+    def of(cls, executor, outputs: list[str] | None = None) -> InProcess:
+        """A target over an executor the caller started (and stops): for bench/ scripts that
+        compile their own pipelines."""
+        from engine.server.model import streamed_outputs
+
+        target = cls.__new__(cls)
+        target.plan, target.name = executor.plan, executor.plan.name
+        target.inputs, target.outputs = dict(executor.plan.inputs), outputs
+        target.streamed = streamed_outputs(executor.plan) & set(outputs or executor.plan.outputs)
+        target.streaming = bool(target.streamed)
+        target.description, target.knows_optional = f"{target.name} in process", True
+        target.executor, target.owned = executor, False
+        return target
 
     async def open(self) -> None:
         import asyncio
 
         from engine.executor import Executor
 
+        if self.executor is not None:
+            return
         self.executor = Executor(self.plan)
         await asyncio.get_running_loop().run_in_executor(None, self.executor.start)
 
@@ -151,5 +169,6 @@ class InProcess(Target):
         return out
 
     async def close(self) -> None:
-        if self.executor is not None:
+        if self.executor is not None and self.owned:
             self.executor.stop(drain=False)
+            self.executor = None

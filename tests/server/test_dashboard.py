@@ -149,3 +149,37 @@ def test_stats_live_needs_the_key_and_the_page_does_not(live_server):
     branches = doc["pipelines"][0]
     assert {e["from"] + ">" + e["to"] for e in branches["edges"]} >= {"left>join", "right>join"}
     assert [len(n["instances"]) for n in branches["nodes"]] == [1, 2, 1, 1]
+
+
+@pytest.mark.slow
+def test_rag_pipeline_live_page(tmp_path):
+    """pipelines/rag.yaml as shipped (answers cut to 24 tokens): every node drawn, `encode`
+    marked conditional, the LLM's gauges shown, a screenshot kept."""
+    index = ROOT / "samples" / "index"
+    if CHROMIUM is None:
+        pytest.skip("no Chromium found; `make test` installs Debian's chromium")
+    if not (index / "index.faiss").exists():
+        pytest.skip("samples/index is not built (`make index` builds it)")
+    text = (ROOT / "pipelines" / "rag.yaml").read_text()
+    text = text.replace("index: ../samples/index", f"index: {index}")
+    (tmp_path / "rag.yaml").write_text(text.replace("max_tokens: 128", "max_tokens: 24"))
+    for name in ("rag_steps.py", "rag_prompt.j2"):
+        shutil.copy(ROOT / "pipelines" / name, tmp_path / name)
+    srv = start_server([str(tmp_path / "rag.yaml")], "--api-key", API_KEY, log=tmp_path / "log")
+    try:
+        base = f"http://{srv.http_url}"
+        for query in ("How do I read a JSON file?", "Hello!"):  # the greeting skips retrieval
+            assert _post(f"{base}/v2/models/rag/generate", {"query": query}) == 200
+        page = f"{base}/dashboard#key={API_KEY}"
+        dom = dump_dom(CHROMIUM, page, 6000)
+        shot = tmp_path / "dashboard-rag.png"
+        screenshot(CHROMIUM, page, str(shot))
+    finally:
+        stop_server(srv)
+    drawn = _nodes(dom)
+    assert set(drawn) == {"route", "encode", "search", "rerank", "prompt", "generate"}, drawn
+    assert drawn["route"] == 2 and drawn["encode"] == 1  # the greeting skipped encode
+    assert 'class="node conditional" data-node="encode"' in dom
+    assert 'data-llm="KV blocks in use"' in dom
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "dashboard-rag.png")

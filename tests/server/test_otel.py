@@ -172,3 +172,37 @@ def test_pipectl_serve_exports_to_an_otlp_collector(tmp_path):
     (root,) = [s for s in spans if s.name == "branches"]
     assert root.trace_id.hex() == TRACE_ID and root.parent_span_id.hex() == PARENT_ID
     assert "exporting OpenTelemetry traces to" in srv.log_text()
+
+
+def test_streamed_llm_like_node_carries_token_counts():
+    """A streaming node's prompt/completion token outputs become span attributes (also under
+    the GenAI semantic conventions' names)."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import tests.server.stream_kind  # noqa: F401 - registers the test_words kind
+    from engine.server.otel import OtelTracer
+    from engine.server.repository import Repository
+
+    exporter = InMemorySpanExporter()
+
+    async def go() -> None:
+        repo = Repository()
+        repo.add(compile_file(DATA / "words.yaml"))
+        await asyncio.to_thread(repo.load, "words")
+        tracer = OtelTracer(repo, exporter=exporter, batch=False)
+        repo.add_tracer(tracer)
+        try:
+            prompt = {"prompt": np.array([[b"one two three"]], dtype=object)}
+            async for _ in repo.stream("words", prompt, request_id="r1"):
+                pass
+        finally:
+            await asyncio.to_thread(repo.stop)
+            tracer.shutdown()
+
+    asyncio.run(go())
+    (reply,) = [s for s in exporter.get_finished_spans() if s.name == "reply"]
+    assert reply.attributes["gen_ai.usage.input_tokens"] == 3
+    assert reply.attributes["gen_ai.usage.output_tokens"] == 4  # "echo:" and three words
+    assert reply.attributes["pipectl.output.completion_tokens"] == 4
+    (root,) = [s for s in exporter.get_finished_spans() if s.name == "words"]
+    assert root.attributes["pipectl.request_id"] == "r1"

@@ -100,7 +100,7 @@ function layers(p) {
   return depth;
 }
 
-const COL = 250, ROW = 200, PAD = 14;
+const COL = 250, ROW = 215, PAD = 14;
 
 function renderGraph(p) {
   const depth = layers(p);
@@ -126,6 +126,8 @@ function renderGraph(p) {
     c.style.top = `${at.y}px`;
   });
   graph.replaceChildren(edgeLayer(p, place, width, height), ...cards);
+  const bottom = Math.max(...cards.map((c) => c.offsetTop + c.offsetHeight));
+  graph.style.height = `${Math.max(height, bottom + PAD)}px`;  // cards may be taller than a row
 }
 
 function edgeLayer(p, place, width, height) {
