@@ -34,7 +34,7 @@ Codes (stable; tests and tools match on them):
     W-UNREACHABLE-NODE     no pipeline output depends on a node, so it never runs
     W-UNUSED-INPUT         no node reads a pipeline input
     W-COND-CONSTANT        a condition takes len() of a fixed-shape port (always the same)
-    W-DTYPE-EMULATED       dtype bf16 for the CPU, and this CPU emulates bf16 (several times slower)
+    W-DTYPE-BF16-SLOW      dtype bf16 for the CPU, where this CPU runs bf16 slower than fp32
 """
 
 from __future__ import annotations
@@ -374,7 +374,7 @@ class _Checker:
             )
 
     def check_dtype(self, info: NodeInfo) -> None:
-        """An explicit bf16 on a CPU that emulates it (read without importing torch)."""
+        """An explicit bf16 where this CPU runs it slower than fp32 (read without torch)."""
         if getattr(info.params, "dtype", None) != "bf16":
             return
         own = info.spec.placement
@@ -384,7 +384,7 @@ class _Checker:
         warning = bf16_slowdown("bf16", device)
         if warning:
             path = f"nodes.{info.name}.params.dtype"
-            self.add("W-DTYPE-EMULATED", path, f"node {info.name!r}: {warning}", "", "warning")
+            self.add("W-DTYPE-BF16-SLOW", path, f"node {info.name!r}: {warning}", "", "warning")
 
     def check_condition(self, info: NodeInfo) -> None:
         if info.spec.when is None:

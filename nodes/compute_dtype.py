@@ -3,56 +3,66 @@ fastest dtype its device computes natively.
 
 | device | auto resolves to                                                        |
 |--------|-------------------------------------------------------------------------|
-| cpu    | bf16 where the CPU has bf16 instructions (AMX-BF16, AVX512-BF16, Arm    |
-|        | BF16), else fp32: elsewhere bf16 is emulated (8x slower than fp32 on a  |
-|        | Zen 3 AVX2 machine, BENCHMARKS.md)                                      |
+| cpu    | bf16 where bf16 computes faster than fp32: AMX-BF16, AMD's AVX512-BF16  |
+|        | (Zen 4 on: fp32 FMAs at half rate), Arm BF16 (BFMMLA). Else fp32:       |
+|        | without bf16 instructions bf16 is emulated (8x slower than fp32 on Zen  |
+|        | 3), and Intel's AVX512-BF16 without AMX runs its bf16 dot products no   |
+|        | faster than its fp32 FMAs (measured 1.4x slower end to end)             |
 | cuda:N | bf16 from compute capability 8.0 (Ampere) on, else fp16                 |
 
 Explicit `fp32`, `bf16` and `fp16` are honoured as given; `bf16_slowdown` names the cost of an
-explicit bf16 on a CPU that emulates it (a warning from `pipectl validate` and `pipectl plan`).
+explicit bf16 on a CPU where it is slower (a warning from `pipectl validate` and `pipectl plan`).
+Figures: BENCHMARKS.md, "dtype: auto".
 
-The CPU's capabilities come from torch (`torch.cpu.get_capabilities()`, the cpuinfo library)
-when torch is already imported, else from the kernel's /proc/cpuinfo flags, which name the same
-instructions: `pipectl validate` can then warn without importing torch. Everything is cached.
+The CPU's features come from the kernel's /proc/cpuinfo (the same CPUID bits torch's cpuinfo
+reads) so that `pipectl validate` can warn without importing torch; elsewhere from
+`torch.cpu.get_capabilities()`. Everything is cached.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
-from collections.abc import Iterable, Mapping
+import platform
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
 CONCRETE = ("fp32", "bf16", "fp16")
-# CPU features that compute bf16 natively: x86 (/proc/cpuinfo and torch use the same names)
-# and Arm's BF16 extension (FEAT_BF16: `bf16` in both)
-_NATIVE_BF16 = ("amx_bf16", "avx512_bf16", "bf16")
-# the measured cost of emulated bf16 (PERF-NOTES.md, Zen 3, [64,576] @ [576,1536], one thread)
-EMULATED_BF16_SLOWDOWN = "about 8x slower than fp32 (11.8 ms vs 1.44 ms for a 64x576x1536 matmul)"
+_ARM = ("aarch64", "arm64")
+# measured costs of bf16 where it is not fast (PERF-NOTES.md; BENCHMARKS.md, "dtype: auto")
+EMULATED_BF16_SLOWDOWN = (
+    "about 8x slower than fp32 (Zen 3: 11.8 ms vs 1.44 ms for a 64x576x1536 matmul)"
+)
+NO_AMX_BF16_SLOWDOWN = "slower than fp32 (Intel Xeon: 2x per matmul, 1.4x for the encoder)"
 
 
 @dataclass(frozen=True)
 class CpuInfo:
-    """What decides the CPU's dtype: its vector ISA as ATen names it (AVX512, AVX2, NEON...) and
-    the feature that computes bf16 natively (empty when none does)."""
+    """What decides the CPU's dtype: its vector ISA as ATen names it (AVX512, AVX2, NEON...),
+    its vendor, and its bf16 instructions (`bf16_feature`, empty when it has none)."""
 
     isa: str
     bf16_feature: str = ""
-    source: str = "torch"  # torch | /proc/cpuinfo
+    vendor: str = ""  # GenuineIntel, AuthenticAMD, ... ("" when unknown or Arm)
+    source: str = "/proc/cpuinfo"  # or torch
 
     @property
-    def native_bf16(self) -> bool:
-        return bool(self.bf16_feature)
+    def fast_bf16(self) -> bool:
+        """bf16 computes faster than fp32 here (see the module's table)."""
+        if self.bf16_feature in ("amx_bf16", "bf16"):
+            return True
+        return self.bf16_feature == "avx512_bf16" and self.vendor != "GenuineIntel"
 
     def describe(self) -> str:
-        """e.g. 'AVX512 with native bf16 (avx512_bf16)' or 'AVX2, no native bf16'."""
-        if self.native_bf16:
-            return f"{self.isa} with native bf16 ({self.bf16_feature})"
-        return f"{self.isa}, no native bf16"
+        """e.g. 'AVX2, no native bf16' or 'AVX512 with native bf16 (amx_bf16)'."""
+        if not self.bf16_feature:
+            return f"{self.isa}, no native bf16"
+        if not self.fast_bf16:
+            return f"{self.isa} with avx512_bf16 but no AMX (Intel: bf16 no faster than fp32)"
+        return f"{self.isa} with native bf16 ({self.bf16_feature})"
 
 
 @dataclass(frozen=True)
@@ -64,57 +74,57 @@ class DtypeChoice:
     reason: str
 
 
-def cpu_info_from_flags(flags: Iterable[str], arch: str = "x86_64") -> CpuInfo:
+def cpu_info_from_flags(flags: Iterable[str], arch: str = "x86_64", vendor: str = "") -> CpuInfo:
     """CpuInfo from feature names (/proc/cpuinfo `flags` or `Features`, or torch's capability
     keys with true values). The ISA follows ATen's dispatch: AVX512 needs avx512 f/bw/vl/dq,
     AVX2 needs avx2 and fma."""
     have = {f.lower() for f in flags}
-    if arch in ("aarch64", "arm64"):
+    if arch in _ARM:
         isa = "SVE" if "sve" in have else "NEON"
-    elif {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= have or {
-        "avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"
-    } <= have:  # fmt: skip
+        return CpuInfo(isa, "bf16" if "bf16" in have else "", vendor)
+    avx512 = ({"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= have
+              or {"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"} <= have)  # fmt: skip
+    if avx512:
         isa = "AVX512"
     elif "avx2" in have and ({"fma", "fma3"} & have):
         isa = "AVX2"
     else:
         isa = "DEFAULT"
-    feature = next((f for f in _NATIVE_BF16 if f in have), "")
-    if feature == "bf16" and arch not in ("aarch64", "arm64"):
-        feature = ""  # x86 has no plain `bf16` flag; only the two above compute it
-    return CpuInfo(isa, feature)
+    feature = next((f for f in ("amx_bf16", "avx512_bf16") if f in have), "")
+    return CpuInfo(isa, feature, vendor)
 
 
 def _from_torch() -> CpuInfo:
     import torch
 
-    caps: Mapping = torch.cpu.get_capabilities()
-    info = cpu_info_from_flags((k for k, v in caps.items() if v is True), caps["architecture"])
+    caps = torch.cpu.get_capabilities()
+    vendor = platform.processor() if platform.system() == "Windows" else ""
+    vendor = "GenuineIntel" if "Intel" in (vendor + str(caps.get("cpu_name", ""))) else vendor
+    flags = (k for k, v in caps.items() if v is True)
+    info = cpu_info_from_flags(flags, str(caps.get("architecture", "")), vendor)
     isa = torch.backends.cpu.get_cpu_capability()  # what ATen dispatches to, after env overrides
-    return CpuInfo(isa, info.bf16_feature, "torch")
+    return dataclasses.replace(info, isa=isa, source="torch")
 
 
 def _from_proc() -> CpuInfo | None:
-    import platform
-
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            info = cpu_info_from_flags(value.split(), platform.machine())
-            return dataclasses.replace(info, source="/proc/cpuinfo")
-    return None
+        fields.setdefault(key.strip(), value.strip())
+    flags = fields.get("flags") or fields.get("Features")
+    if flags is None:
+        return None
+    return cpu_info_from_flags(flags.split(), platform.machine(), fields.get("vendor_id", ""))
 
 
 @functools.cache
 def cpu_info(import_torch: bool = True) -> CpuInfo | None:
-    """This machine's CpuInfo: torch's report when torch is imported (or `import_torch` allows
-    importing it), else /proc/cpuinfo; None when neither is available."""
-    if "torch" in sys.modules:
-        return _from_torch()
+    """This machine's CpuInfo: from /proc/cpuinfo, else from torch when `import_torch` allows
+    importing it; None when neither is available."""
     found = _from_proc()
     if found is not None or not import_torch:
         return found
@@ -162,22 +172,25 @@ def resolve_dtype(
     info = cpu or cpu_info()
     if info is None:
         return DtypeChoice("fp32", "cpu: capabilities unknown → fp32")
-    dtype = "bf16" if info.native_bf16 and "bf16" in supported else "fp32"
+    dtype = "bf16" if info.fast_bf16 and "bf16" in supported else "fp32"
     return DtypeChoice(dtype, f"cpu: {info.describe()} → {dtype}")
 
 
 def bf16_slowdown(requested: str, device: str, cpu: CpuInfo | None = None) -> str | None:
     """A warning when `requested` is an explicit bf16 for the CPU (device 'cpu' or 'auto') and
-    this CPU emulates bf16; None otherwise, or when the CPU is unknown. Never imports torch."""
+    bf16 is slower than fp32 on this CPU; None otherwise, or when the CPU is unknown. Never
+    imports torch."""
     if requested != "bf16" or device not in ("cpu", "auto"):
         return None
     info = cpu or cpu_info(import_torch=False)
-    if info is None or info.native_bf16:
+    if info is None or info.fast_bf16:
         return None
     where = "on the CPU" if device == "cpu" else "if placed on the CPU"
+    cost = EMULATED_BF16_SLOWDOWN if not info.bf16_feature else NO_AMX_BF16_SLOWDOWN
+    what = "is emulated" if not info.bf16_feature else "runs"
     return (
-        f"dtype bf16 {where} ({info.describe()}) is emulated: {EMULATED_BF16_SLOWDOWN}; "
-        "use dtype: auto (fp32 here, bf16 where the device computes it)"
+        f"dtype bf16 {where} ({info.describe()}) {what}: {cost}; "
+        "use dtype: auto (fp32 here, bf16 where the device computes it faster)"
     )
 
 

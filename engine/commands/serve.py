@@ -35,7 +35,11 @@ def add_parser(subparsers) -> None:
         help="the model name clients send (default: the file or folder name, e.g. "
         "SmolLM2-135M-Instruct-Q4_1)",
     )
-    model.add_argument("--dtype", choices=("bf16", "fp32"), help="compute dtype (default: bf16)")
+    model.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="compute dtype (default: auto, the device's native one: see `pipectl plan`)",
+    )
     model.add_argument(
         "--max-model-len", type=int, help="prompt plus output tokens (default: 2048)"
     )

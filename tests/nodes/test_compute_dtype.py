@@ -35,34 +35,41 @@ SKYLAKE_X = ZEN3 + ["avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd"]
 GRAVITON3 = ["fp", "asimd", "sve", "sve2", "bf16", "i8mm", "asimddp"]
 
 
+INTEL, AMD = "GenuineIntel", "AuthenticAMD"
+
+
 @pytest.mark.parametrize(
-    ("flags", "arch", "isa", "feature"),
+    ("flags", "arch", "vendor", "isa", "feature", "fast"),
     [
-        (ZEN3, "x86_64", "AVX2", ""),
-        (SKYLAKE_X, "x86_64", "AVX512", ""),  # AVX-512 without bf16 instructions: emulated
-        (ZEN4, "x86_64", "AVX512", "avx512_bf16"),
-        (SAPPHIRE_RAPIDS, "x86_64", "AVX512", "amx_bf16"),
-        (GRAVITON3, "aarch64", "SVE", "bf16"),
-        (["sse2", "bf16"], "x86_64", "DEFAULT", ""),  # no such x86 flag: not taken as native
+        (ZEN3, "x86_64", AMD, "AVX2", "", False),
+        (SKYLAKE_X, "x86_64", INTEL, "AVX512", "", False),  # AVX-512 without bf16: emulated
+        (ZEN4, "x86_64", AMD, "AVX512", "avx512_bf16", True),
+        (ZEN4, "x86_64", INTEL, "AVX512", "avx512_bf16", False),  # this machine: AMX hidden
+        (SAPPHIRE_RAPIDS, "x86_64", INTEL, "AVX512", "amx_bf16", True),
+        (GRAVITON3, "aarch64", "", "SVE", "bf16", True),
+        (["sse2", "bf16"], "x86_64", INTEL, "DEFAULT", "", False),  # no such x86 flag
     ],
 )
-def test_cpu_features_decide_native_bf16(flags, arch, isa, feature):
-    info = cpu_info_from_flags(flags, arch)
-    assert (info.isa, info.bf16_feature) == (isa, feature)
+def test_cpu_features_decide_whether_bf16_is_fast(flags, arch, vendor, isa, feature, fast):
+    info = cpu_info_from_flags(flags, arch, vendor)
+    assert (info.isa, info.bf16_feature, info.fast_bf16) == (isa, feature, fast)
 
 
-def test_auto_on_cpus_that_emulate_bf16_is_fp32_and_says_why():
-    zen3 = cpu_info_from_flags(ZEN3)
+def test_auto_on_a_cpu_is_bf16_only_where_bf16_is_faster_and_says_why():
+    zen3 = cpu_info_from_flags(ZEN3, vendor=AMD)
     choice = resolve_dtype("auto", "cpu", cpu=zen3)
     assert (choice.dtype, choice.reason) == ("fp32", "cpu: AVX2, no native bf16 → fp32")
-    assert resolve_dtype("auto", "cpu", cpu=cpu_info_from_flags(SKYLAKE_X)).dtype == "fp32"
-    native = resolve_dtype("auto", "cpu", cpu=cpu_info_from_flags(SAPPHIRE_RAPIDS))
-    assert native == compute_dtype.DtypeChoice(
+    intel = resolve_dtype("auto", "cpu", cpu=cpu_info_from_flags(ZEN4, vendor=INTEL))
+    assert intel.dtype == "fp32" and "avx512_bf16 but no AMX" in intel.reason
+    zen4 = resolve_dtype("auto", "cpu", cpu=cpu_info_from_flags(ZEN4, vendor=AMD))
+    assert zen4.reason == "cpu: AVX512 with native bf16 (avx512_bf16) → bf16"
+    amx = resolve_dtype("auto", "cpu", cpu=cpu_info_from_flags(SAPPHIRE_RAPIDS, vendor=INTEL))
+    assert amx == compute_dtype.DtypeChoice(
         "bf16", "cpu: AVX512 with native bf16 (amx_bf16) → bf16"
     )
     # explicit dtypes are honoured, whatever the CPU
     assert resolve_dtype("bf16", "cpu", cpu=zen3).dtype == "bf16"
-    assert resolve_dtype("fp32", "cpu", cpu=cpu_info_from_flags(ZEN4)).dtype == "fp32"
+    assert resolve_dtype("fp32", "cpu", cpu=cpu_info_from_flags(ZEN4, vendor=AMD)).dtype == "fp32"
 
 
 def test_auto_on_cuda_is_bf16_from_ampere_else_fp16():
@@ -80,31 +87,35 @@ def test_a_runtime_limited_to_fp32_resolves_auto_to_fp32_and_refuses_others():
         resolve_dtype("bf16", "cpu", **only)
 
 
-def test_this_machine_resolves_as_torch_reports():
-    """The /proc/cpuinfo reading (used by validate, without torch) agrees with torch's."""
+def test_this_machine_reads_the_features_torch_reports():
+    """/proc/cpuinfo (read by validate, without torch) names the bf16 instructions torch sees."""
     import torch
 
-    caps = torch.cpu.get_capabilities()
-    native = bool(caps.get("avx512_bf16") or caps.get("amx_bf16") or caps.get("bf16"))
-    from_torch = compute_dtype._from_torch()
-    assert from_torch.native_bf16 == native
-    assert from_torch.isa == torch.backends.cpu.get_cpu_capability()
     from_proc = compute_dtype._from_proc()
-    if from_proc is not None:  # Linux
-        assert from_proc.bf16_feature == from_torch.bf16_feature
+    if from_proc is None:
+        pytest.skip("no /proc/cpuinfo here")
+    caps = torch.cpu.get_capabilities()
+    if caps.get("architecture") in ("aarch64", "arm64"):
+        expected = "bf16" if caps.get("bf16") else ""
+    else:
+        expected = next((f for f in ("amx_bf16", "avx512_bf16") if caps.get(f)), "")
+    assert from_proc.bf16_feature == expected
+    assert compute_dtype._from_torch().bf16_feature == expected
     choice = resolve_dtype("auto", "cpu")
-    assert choice.dtype == ("bf16" if native else "fp32")
-    assert choice.reason.startswith("cpu: ") and choice.reason.endswith(f"→ {choice.dtype}")
+    assert choice.dtype == ("bf16" if from_proc.fast_bf16 else "fp32")
+    assert choice.reason == f"cpu: {from_proc.describe()} → {choice.dtype}"
 
 
-def test_explicit_bf16_on_an_emulating_cpu_is_a_warning_naming_the_slowdown():
-    zen3 = cpu_info_from_flags(ZEN3)
+def test_explicit_bf16_where_it_is_slower_is_a_warning_naming_the_slowdown():
+    zen3 = cpu_info_from_flags(ZEN3, vendor=AMD)
     warning = bf16_slowdown("bf16", "cpu", cpu=zen3)
     assert warning is not None and "AVX2, no native bf16" in warning and "8x slower" in warning
     assert "if placed on the CPU" in bf16_slowdown("bf16", "auto", cpu=zen3)
+    intel = bf16_slowdown("bf16", "cpu", cpu=cpu_info_from_flags(ZEN4, vendor=INTEL))
+    assert intel is not None and "no AMX" in intel and "1.4x" in intel
     assert bf16_slowdown("bf16", "cuda:0", cpu=zen3) is None
     assert bf16_slowdown("auto", "cpu", cpu=zen3) is None
-    assert bf16_slowdown("bf16", "cpu", cpu=cpu_info_from_flags(ZEN4)) is None
+    assert bf16_slowdown("bf16", "cpu", cpu=cpu_info_from_flags(ZEN4, vendor=AMD)) is None
 
 
 ENCODER_PIPELINE = """apiVersion: pipectl/v1
@@ -136,19 +147,19 @@ def test_validate_and_plan_warn_about_explicit_bf16_on_an_emulating_cpu(
     path = _pipeline(tmp_path, "bf16")
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"{path}:9: W-DTYPE-EMULATED" in out and "8x slower" in out
+    assert f"{path}:9: W-DTYPE-BF16-SLOW" in out and "8x slower" in out
     assert main(["validate", "--strict", str(path)]) == 1
     capsys.readouterr()
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "W-DTYPE-EMULATED" in out and "dtype encode: cpu: bf16 as set" in out
+    assert "W-DTYPE-BF16-SLOW" in out and "dtype encode: cpu: bf16 as set" in out
     assert main(["plan", str(_pipeline(tmp_path, "auto"))]) == 0
     out = capsys.readouterr().out
     assert "dtype encode: cpu: AVX2, no native bf16 → fp32" in out and "W-DTYPE" not in out
 
 
 def _zen3() -> CpuInfo:
-    return cpu_info_from_flags(ZEN3)
+    return cpu_info_from_flags(ZEN3, vendor=AMD)
 
 
 def test_plan_json_gives_each_instance_its_dtype(tmp_path, capsys):
