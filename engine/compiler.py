@@ -59,6 +59,7 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
     }
     inputs.update(implicit)
     return Plan(
+        version=spec.version,
         name=spec.name,
         file=spec.file,
         base_dir=spec.base_dir,

@@ -102,6 +102,7 @@ class Plan:
     outputs: dict[str, Source]
     nodes: dict[str, NodePlan]
     warnings: tuple[str, ...] = field(default=())
+    version: int = 1  # the model version it serves (Triton's; `version:` in the file)
 
     def needed_nodes(self, outputs: list[str] | None = None) -> list[str]:
         """The nodes that must run to produce `outputs` (all pipeline outputs when None), in

@@ -99,12 +99,29 @@ class DefaultsSpec(_Strict):
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
 
+class VersionPolicySpec(_Strict):
+    """Which versions of a model a repository serves (Triton's version_policy): the
+    `num_versions` highest (`latest`), every one (`all`), or the listed `versions` (`specific`)."""
+
+    policy: Literal["latest", "all", "specific"] = "latest"
+    num_versions: Annotated[int, Field(ge=1)] = 1
+    versions: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _versions_given(self) -> VersionPolicySpec:
+        if self.policy == "specific" and not self.versions:
+            raise ValueError("policy 'specific' needs 'versions: [N, ...]'")
+        return self
+
+
 class PipelineSpec(_Strict):
     """A whole pipeline file."""
 
     api_version: Literal["pipectl/v1"] = Field(alias="apiVersion")
     name: Name
     description: str = ""
+    version: Annotated[int, Field(ge=1)] = 1  # the model version, for a model repository
+    version_policy: VersionPolicySpec | None = None  # read from a model's highest version
     inputs: dict[Name, InputSpec] = Field(default_factory=dict)
     outputs: Annotated[dict[Name, str], Field(min_length=1)]
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)

@@ -21,6 +21,25 @@ def add_parser(subparsers) -> None:
         "SIGTERM finishes in-flight requests, then exits.",
     )
     parser.add_argument("files", nargs="*", metavar="FILE", help="pipeline files")
+    repo = parser.add_argument_group(
+        "model repository (Triton's model control)",
+        "serve every pipeline file of a folder: DIR/*.yaml or DIR/NAME/N/pipeline.yaml",
+    )
+    repo.add_argument("--model-repository", metavar="DIR", help="the folder of pipeline files")
+    repo.add_argument(
+        "--model-control-mode", choices=("none", "explicit", "poll"), default="none",
+        help="none: load all at start; explicit: load/unload by request (gRPC "
+        "RepositoryModelLoad/Unload, HTTP POST /v2/repository/models/NAME/load|unload); poll: "
+        "reload changed files, load new ones, unload removed ones (default: %(default)s)",
+    )  # fmt: skip
+    repo.add_argument(
+        "--repository-poll-secs", type=float, default=5.0,
+        help="poll mode: seconds between scans (default: %(default)s)",
+    )  # fmt: skip
+    repo.add_argument(
+        "--load-model", action="append", default=[], metavar="NAME",
+        help="explicit mode: load NAME at start (repeatable; '*' loads all)",
+    )  # fmt: skip
     model = parser.add_argument_group(
         "one model without a pipeline file (like `vllm serve MODEL`)",
         "serve a one-node llm pipeline under /v1 and KServe v2",
@@ -115,8 +134,18 @@ def run(args: argparse.Namespace) -> int:
     from engine.server.app import ServeOptions, serve
     from engine.server.otel import endpoint_from
 
-    if not args.files and not args.model:
-        print("pipectl serve: give pipeline files or --model MODEL", file=sys.stderr)
+    if not args.files and not args.model and not args.model_repository:
+        print(
+            "pipectl serve: give pipeline files, --model MODEL or --model-repository DIR",
+            file=sys.stderr,
+        )
+        return 2
+    if args.model_repository and not os.path.isdir(args.model_repository):
+        print(f"pipectl serve: --model-repository {args.model_repository}: not a folder",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.model_control_mode != "none" and not args.model_repository:
+        print("pipectl serve: --model-control-mode needs --model-repository", file=sys.stderr)
         return 2
     model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes")
     stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
@@ -146,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key or None,
         max_request_bytes=int(args.max_request_mb * (1 << 20)),
         drain_timeout_s=args.drain_timeout,
+        model_repository=args.model_repository,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=tuple(args.load_model),
         otlp_endpoint=endpoint_from(args.otlp_endpoint),
     )
     try:  # libuv's loop: about 20% less event-loop CPU per gRPC request than asyncio's here

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.plan import Plan
+from engine.server.model_control import ModelControl
 from engine.server.repository import Repository
 
 
@@ -31,6 +32,10 @@ class ServeOptions:
     max_request_bytes: int = 64 << 20
     drain_timeout_s: float = 30.0
     otlp_endpoint: str | None = None  # OpenTelemetry collector (OTLP/HTTP); None: no traces
+    model_repository: str | None = None  # a folder of pipeline files (Triton's model repository)
+    model_control_mode: str = "none"  # none | explicit | poll (see engine/server/model_control.py)
+    repository_poll_secs: float = 5.0
+    load_models: tuple[str, ...] = ()  # explicit mode: models loaded at start ('*': all)
 
 
 def _say(message: str) -> None:
@@ -139,6 +144,7 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
     say(f"gRPC on {options.host}:{grpc_port}, HTTP on {options.host}:{http_port}")
 
     status = 0
+    control = poller = None
     try:
         started = time.monotonic()
         for plan in plans:
@@ -162,7 +168,18 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
                 say(f"pipeline {plan.name!r} failed to load: {type(exc).__name__}: {exc}")
                 status = 1
                 return status
-        names = ", ".join(repo.pipelines)
+        if options.model_repository:
+            control = ModelControl(
+                repo, options.model_repository, options.model_control_mode,
+                poll_secs=options.repository_poll_secs,
+                drain_timeout_s=options.drain_timeout_s, say=say,
+            )  # fmt: skip
+            say(f"model repository {options.model_repository} ({control.mode} control)")
+            await control.start(options.load_models)
+            if control.mode == "poll":
+                poller = loop.create_task(control.poll_forever())
+        repo.started = True
+        names = ", ".join(repo.pipelines) or "(no models yet)"
         say(f"ready: {names} (loaded in {time.monotonic() - started:.1f}s)")
         await grpc_face.set_health(health, True)
         await stop.wait()
@@ -173,8 +190,12 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
             status = 1
     finally:
         repo.draining = True
+        if poller is not None:
+            poller.cancel()
         await grpc_server.stop(grace=1.0)
         await runner.cleanup()
+        if control is not None:
+            await control.close()
         await loop.run_in_executor(None, repo.stop)
         if tracer is not None:
             await loop.run_in_executor(None, tracer.shutdown)  # flush the last spans

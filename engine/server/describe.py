@@ -44,15 +44,16 @@ def platform(model: ServedModel) -> str:
     return f"pipectl_{model.plan.nodes[model.node].kind}"
 
 
-def model_metadata(model: ServedModel) -> dict:
-    """ModelMetadata: tensors carry the batch dimension as -1 (max_batch_size > 0)."""
+def model_metadata(model: ServedModel, versions: list[str] | None = None) -> dict:
+    """ModelMetadata: tensors carry the batch dimension as -1 (max_batch_size > 0); `versions`
+    lists the loaded versions of the model (default: its own)."""
 
     def tensors(specs):
         return [{"name": n, "datatype": s.dtype, "shape": [-1, *s.shape]} for n, s in specs.items()]
 
     return {
         "name": model.name,
-        "versions": ["1"],
+        "versions": versions or [model.version],
         "platform": platform(model),
         "inputs": tensors(model.inputs),
         "outputs": tensors(model.outputs),
@@ -152,7 +153,7 @@ def node_statistics(repo: Repository, model: ServedModel) -> dict:
     """The counters of the node behind `model`, from its pipeline's executor (node models run
     on the same instances, so these count both)."""
     total: dict = {"success": 0, "failure": 0, "queue_ns": 0, "compute_ns": 0, "batches": 0}
-    executor = repo.models[model.pipeline].executor
+    executor = model.family.executor if model.family is not None else None
     stats = executor.statistics().get(model.node) if executor is not None else None
     sizes: dict[int, int] = {}
     if stats:
@@ -177,7 +178,7 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
         s = node_statistics(repo, model)
         return {
             "name": model.name,
-            "version": "1",
+            "version": model.version,
             "last_inference": model.stats.last_inference_ms,
             "inference_count": s["success"],
             "execution_count": s["batches"],
@@ -195,12 +196,12 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
     st = model.stats
     queue_ns = compute_ns = 0
     for node in model.plan.nodes:
-        s = node_statistics(repo, repo.models[f"{model.name}.{node}"])
+        s = node_statistics(repo, model.family.models[f"{model.name}.{node}"])
         queue_ns += s["queue_ns"]
         compute_ns += s["compute_ns"]
     return {
         "name": model.name,
-        "version": "1",
+        "version": model.version,
         "last_inference": st.last_inference_ms,
         "inference_count": st.inference_count,
         "execution_count": st.execution_count,
@@ -219,12 +220,24 @@ def statistics(repo: Repository, name: str = "", version: str = "") -> dict:
 
 
 def repository_index(repo: Repository, ready_only: bool = False) -> list[dict]:
+    """Triton's RepositoryIndex: every version of every model, loaded or not (a failed load is
+    UNAVAILABLE with its reason; an unloaded one UNAVAILABLE "unloaded")."""
     out = []
-    for model in repo.models.values():
-        if ready_only and model.state != READY:
-            continue
-        entry = {"name": model.name, "version": "1", "state": model.state}
-        if model.reason:
-            entry["reason"] = model.reason
-        out.append(entry)
+    seen = set()
+    for versions in repo.versions.values():
+        for pv in sorted(versions.values(), key=lambda v: int(v.version)):
+            for model in pv.models.values():
+                seen.add((model.name, pv.version))
+                if ready_only and model.state != READY:
+                    continue
+                entry = {"name": model.name, "version": pv.version, "state": model.state}
+                if model.reason:
+                    entry["reason"] = model.reason
+                out.append(entry)
+    if not ready_only:
+        for (name, version), reason in sorted(repo.unavailable.items()):
+            if (name, version) not in seen:
+                out.append(
+                    {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+                )
     return out

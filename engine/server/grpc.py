@@ -15,6 +15,7 @@ from engine.errors import InvalidInput, RequestError
 from engine.server import describe, tensors
 from engine.server.auth import ApiKey
 from engine.server.kserve_body import NOT_SUPPORTED
+from engine.server.model_control import model_control
 from engine.server.repository import READY, Repository, ServedModel
 from nodes.dtypes import kserve_dtype
 from protos import grpc_service_pb2 as pb
@@ -142,7 +143,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self.repo.get(request.name, request.version)
         except RequestError as exc:
             await self._abort(context, exc)
-        return _parse(pb.ModelMetadataResponse, describe.model_metadata(model))
+        versions = self.repo.served_versions(model.name)
+        return _parse(pb.ModelMetadataResponse, describe.model_metadata(model, versions))
 
     async def ModelConfig(self, request, context):
         try:
@@ -162,8 +164,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         index = describe.repository_index(self.repo, ready_only=request.ready)
         return _parse(pb.RepositoryIndexResponse, {"models": index})
 
+    async def RepositoryModelLoad(self, request, context):
+        try:
+            control = model_control(self.repo, "load", dict(request.parameters))
+            await control.load(request.model_name)
+        except RequestError as exc:
+            await self._abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        try:
+            control = model_control(self.repo, "unload", dict(request.parameters))
+            await control.unload(request.model_name)
+        except RequestError as exc:
+            await self._abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
     async def ModelInfer(self, request, context):
         try:
+            model = self.repo.get(request.model_name, request.model_version)
             outputs = await self.repo.infer(
                 request.model_name,
                 decode_inputs(request),
@@ -179,9 +198,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             log.exception("unexpected error in ModelInfer")
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = pb.ModelInferResponse(
-            model_name=request.model_name, model_version="1", id=request.id
+            model_name=request.model_name, model_version=model.version, id=request.id
         )
-        encode_outputs(self.repo.models[request.model_name], outputs, response)
+        encode_outputs(model, outputs, response)
         return response
 
     async def ModelStreamInfer(self, request_iterator, context):
@@ -214,8 +233,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         if final and not outputs and not empty_final:
                             continue
                         response = pb.ModelInferResponse(
-                            model_name=request.model_name, model_version="1", id=request.id
-                        )
+                            model_name=request.model_name, model_version=model.version,
+                            id=request.id,
+                        )  # fmt: skip
                         encode_outputs(model, outputs, response)
                         response.parameters["triton_final_response"].bool_param = final
                         await write(pb.ModelStreamInferResponse(infer_response=response))

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from engine.errors import InvalidInput, RequestError
 from engine.server import describe, kserve_body, tensors
+from engine.server.model_control import model_control
 from engine.server.repository import READY, Repository, ServedModel
 
 log = logging.getLogger("pipectl.server")
@@ -125,7 +126,7 @@ def encode_response(
     }
     params = request.parameters
     all_binary = bool(params and params.binary_data_output)
-    result: dict[str, Any] = {"model_name": model.name, "model_version": "1"}
+    result: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if request.id:
         result["id"] = request.id
     result["outputs"] = []
@@ -201,7 +202,9 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         return web.Response(status=200 if repo.ready else 503)
 
     async def model_metadata(request):
-        return web.json_response(describe.model_metadata(model_of(request)))
+        model = model_of(request)
+        versions = repo.served_versions(model.name)
+        return web.json_response(describe.model_metadata(model, versions))
 
     async def model_ready(request):
         model = model_of(request)
@@ -222,6 +225,21 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         ready_only = body.get("ready", False)
         return web.json_response(describe.repository_index(repo, ready_only))
 
+    async def repository_control(request):
+        name, action = request.match_info["model"], request.match_info["action"]
+        body = await request.read()
+        params = {}
+        if body.strip():
+            try:
+                params = json.loads(body).get("parameters") or {}
+            except (ValueError, AttributeError):
+                raise InvalidInput(
+                    f'{action}: the body must be {{"parameters": {{...}}}}'
+                ) from None
+        control = model_control(repo, action, dict(params))
+        await (control.load(name) if action == "load" else control.unload(name))
+        return web.json_response({})
+
     async def infer(request):
         model = model_of(request)
         header, binary = await _json_body(request)
@@ -232,6 +250,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             model.name,
             decode_inputs(body, binary),
             wanted,
+            version=request.match_info.get("version", ""),
             request_id=body.id or "",
             traceparent=request.headers.get("traceparent"),
             **params.options(),
@@ -244,12 +263,13 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         outputs = await repo.infer(
             model.name,
             generate_inputs(model, body),
+            version=request.match_info.get("version", ""),
             request_id=body.get("id", ""),
             traceparent=request.headers.get("traceparent"),
             **options(body.get("parameters")),
         )
         return web.json_response(
-            {"model_name": model.name, "model_version": "1"} | generate_outputs(outputs)
+            {"model_name": model.name, "model_version": model.version} | generate_outputs(outputs)
         )
 
     async def generate_stream(request):
@@ -258,6 +278,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         events = repo.stream(
             model.name,
             generate_inputs(model, body),
+            version=request.match_info.get("version", ""),
             request_id=body.get("id", ""),
             traceparent=request.headers.get("traceparent"),
             **options(body.get("parameters")),
@@ -272,7 +293,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
                     if not started:
                         await response.prepare(request)
                         started = True
-                    data = {"model_name": model.name, "model_version": "1"}
+                    data = {"model_name": model.name, "model_version": model.version}
                     data |= generate_outputs(outputs)
                     await response.write(f"data: {json.dumps(data)}\n\n".encode())
         except RequestError as exc:
@@ -291,6 +312,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
         web.get("/v2/health/ready", ready),
         web.get("/v2/models/stats", model_stats),
         web.post("/v2/repository/index", repository_index),
+        web.post("/v2/repository/models/{model}/{action:load|unload}", repository_control),
     ]
     for prefix in (base, base + "/versions/{version}"):
         out += [

@@ -24,6 +24,7 @@ def node_plan(plan: Plan, node: str) -> Plan:
     inputs = {port: np_.ports.inputs[port] for port in np_.inputs}
     wired = {port: Source(PIPELINE_INPUT, port) for port in np_.inputs}
     return Plan(
+        version=plan.version,
         name=f"{plan.name}.{node}",
         file=plan.file,
         base_dir=plan.base_dir,
@@ -84,6 +85,8 @@ class ServedModel:
     state: str = LOADING
     reason: str = ""
     stats: ModelStats = field(default_factory=ModelStats)
+    version: str = "1"
+    family: object | None = field(default=None, repr=False)  # its versions.PipelineVersion
 
     @property
     def decoupled(self) -> bool:

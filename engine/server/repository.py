@@ -18,29 +18,25 @@ import numpy as np
 from engine.errors import InvalidInput, NodeError, NotFound, RequestError, Unavailable
 from engine.plan import Plan
 from engine.result import Result
-from engine.server.model import (
-    LOADING,
-    READY,
-    UNAVAILABLE,
-    ServedModel,
-    new_executor,
-    node_plan,
-    shared_executor,
-    streamed_outputs,
-)
+from engine.server.model import LOADING, READY, UNAVAILABLE, ServedModel, shared_executor
 from engine.server.traces import RequestTracer, TracedRequest
+from engine.server.versions import PipelineVersion, build_version
 
 log = logging.getLogger("pipectl.server")
 
-__all__ = ["LOADING", "READY", "UNAVAILABLE", "Repository", "ServedModel"]
+__all__ = ["LOADING", "READY", "UNAVAILABLE", "PipelineVersion", "Repository", "ServedModel"]
 
 
 class Repository:
     """Every served model, their loading state, and the request path into the executors."""
 
     def __init__(self) -> None:
-        self.models: dict[str, ServedModel] = {}
-        self.pipelines: list[str] = []
+        self.models: dict[str, ServedModel] = {}  # routing: name -> its default version's model
+        self.pipelines: list[str] = []  # routed pipeline names
+        self.versions: dict[str, dict[str, PipelineVersion]] = {}  # pipeline -> version -> it
+        self.unavailable: dict[tuple[str, str], str] = {}  # (name, version) -> why, for the index
+        self.control = None  # a model_control.ModelControl with --model-repository
+        self.started = False  # set once the start-up loads are done: ready waits for it
         self.draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -49,63 +45,74 @@ class Repository:
         self.tracers: list[RequestTracer] = []  # the live page's sampler, OpenTelemetry export
         self.propagate = False  # whether a tracer reads the client's W3C traceparent
 
-    # ---- registration and loading --------------------------------------------------------
-    def add(self, plan: Plan) -> None:
-        """Register a pipeline and its node models (state LOADING)."""
-        if plan.name in self.models:
-            raise ValueError(f"two pipelines are named {plan.name!r}")
-        streamed = streamed_outputs(plan)
-        outputs = {n: plan.nodes[s.node].ports.outputs[s.port] for n, s in plan.outputs.items()}
-        self.pipelines.append(plan.name)
-        self.models[plan.name] = ServedModel(
-            plan.name, plan.name, None, plan, dict(plan.inputs), outputs, streamed
-        )
-        for node in plan.nodes:
-            sub = node_plan(plan, node)
-            sub_outputs = {n: plan.nodes[node].ports.outputs[n] for n in sub.outputs}
-            self.models[sub.name] = ServedModel(
-                sub.name, plan.name, node, sub, dict(sub.inputs), sub_outputs,
-                streamed_outputs(sub),
-            )  # fmt: skip
+    # ---- registration, versions and routing ------------------------------------------------
+    def add(self, plan: Plan, source: str = "", stamp: tuple = ()) -> PipelineVersion:
+        """Register a pipeline version and its node models (state LOADING); the first version of
+        a name is routed at once, so that requests see it loading."""
+        version = str(plan.version)
+        if version in self.versions.get(plan.name, {}):
+            raise ValueError(f"two pipelines are named {plan.name!r} (version {version})")
+        pv = build_version(plan, source, stamp)
+        self.versions.setdefault(plan.name, {})[version] = pv
+        if plan.name not in self.models:
+            self.route(plan.name)
+        return pv
+
+    def route(self, name: str) -> None:
+        """Point `name` and its node models at the default version: the highest READY one, else
+        the highest. Requests already running keep the version they started on."""
+        for model in [m for m in self.models.values() if m.pipeline == name]:
+            del self.models[model.name]
+        versions = list(self.versions.get(name, {}).values())
+        if not versions:
+            if name in self.pipelines:
+                self.pipelines.remove(name)
+            return
+        ready = [v for v in versions if v.state == READY]
+        pv = max(ready or versions, key=lambda v: int(v.version))
+        self.models.update(pv.models)
+        if name not in self.pipelines:
+            self.pipelines.append(name)
+
+    def served_versions(self, name: str) -> list[str]:
+        """The versions of pipeline or node model `name` that are loaded, lowest first."""
+        pipeline = name.split(".", 1)[0]
+        versions = self.versions.get(pipeline, {})
+        return sorted((v for v, pv in versions.items() if name in pv.models), key=int)
 
     def load(self, pipeline: str, progress: Callable[[str], None] | None = None) -> None:
-        """Start the pipeline's executor (blocking: call it from a thread)."""
-        model = self.models[pipeline]
-        try:
-            executor = new_executor(model.plan)
-            executor.start(progress=progress)
-        except Exception as exc:  # a failed pipeline stays listed, with its reason
-            for m in self._family(pipeline):
-                m.state, m.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
-            raise
-        model.executor = executor
-        for m in self._family(pipeline):
-            m.state, m.reason = READY, ""
+        """Start the routed version of a pipeline (blocking: call it from a thread)."""
+        self.models[pipeline].family.start(progress)  # type: ignore[union-attr]
+        self.route(pipeline)
 
     def stop(self, drain: bool = True) -> None:
         """Stop every pipeline executor (blocking); node models share them."""
-        for model in self.models.values():
-            if model.node is None and model.executor is not None:
-                model.executor.stop(drain=drain)
-            model.executor = None
+        for versions in self.versions.values():
+            for pv in versions.values():
+                pv.stop(drain=drain)
 
     @property
     def ready(self) -> bool:
         return (
-            not self.draining
-            and bool(self.models)
+            self.started
+            and not self.draining
+            and (bool(self.models) or self.control is not None)
             and all(m.state == READY for m in self.models.values())
         )
 
-    def _family(self, pipeline: str) -> list[ServedModel]:
-        return [m for m in self.models.values() if m.pipeline == pipeline]
-
     def get(self, name: str, version: str = "") -> ServedModel:
-        """The model called `name`; NotFound lists the models."""
-        model = self.models.get(name)
-        if model is None or version not in ("", "1"):
+        """The model called `name` (at `version`; its default version when ""); NotFound lists
+        the models."""
+        if not version:
+            model = self.models.get(name)
+        else:
+            pv = self.versions.get(name.split(".", 1)[0], {}).get(version)
+            model = pv.models.get(name) if pv is not None else None
+        if model is None:
             what = f"model {name!r}" + (f" version {version!r}" if version else "")
-            raise NotFound(f"{what} is not served; models: {', '.join(self.models)}")
+            served = self.served_versions(name)
+            versions = f" (versions: {', '.join(served)})" if served else ""
+            raise NotFound(f"{what} is not served{versions}; models: {', '.join(self.models)}")
         return model
 
     def serving(self, name: str, version: str = "") -> ServedModel:
@@ -123,7 +130,7 @@ class Repository:
             return model.executor
         with self._node_lock:  # node models: made on first use, on the pipeline's instances
             if model.executor is None:
-                model.executor = shared_executor(self.models[model.pipeline].executor, model.plan)
+                model.executor = shared_executor(model.family.executor, model.plan)
         return model.executor
 
     # ---- requests ------------------------------------------------------------------------
@@ -188,13 +195,17 @@ class Repository:
         """Run one client request (inputs with a batch dimension); returns batched outputs.
         `traceparent` is the client's W3C trace context, handed to the tracers."""
         model = self.serving(name, version)
-        batch = self.check_request(model, inputs, outputs)
-        executor = await self._executor_async(model)
+        self._enter(model)  # before any await: a reload waits for it before stopping its version
+        try:
+            batch = self.check_request(model, inputs, outputs)
+            executor = await self._executor_async(model)
+        except BaseException:
+            self._exit(model)
+            raise
         wanted = list(outputs) if outputs else list(model.outputs)
         traced = bool(self.tracers) and self._wants(model, traceparent)
         kwargs = {"priority": priority, "timeout_s": timeout_s, "trace": traced}
         started = time.monotonic_ns()
-        self._enter()
         try:
             ids = [request_id if batch == 1 else f"{request_id}/{i}" for i in range(batch)]
             calls = [
@@ -209,7 +220,7 @@ class Repository:
                 self._traced(model, request_id, started, [], exc, traceparent)
             _reraise(exc, model)
         finally:
-            self._exit()
+            self._exit(model)
         model.stats.record(True, batch, time.monotonic_ns() - started)
         if traced:
             self._traced(model, request_id, started, results, None, traceparent)
@@ -238,14 +249,18 @@ class Repository:
             return
         if batch != 1:
             raise InvalidInput(f"model {name!r} streams: send one item per request, not {batch}")
-        executor = await self._executor_async(model)
+        self._enter(model)  # before any await: a reload waits for it before stopping its version
+        try:
+            executor = await self._executor_async(model)
+        except BaseException:
+            self._exit(model)
+            raise
         wanted = list(outputs) if outputs else list(model.outputs)
         item = {k: v[0] for k, v in inputs.items()}
         traced = bool(self.tracers) and self._wants(model, traceparent)
         started = time.monotonic_ns()
         ok = False
         results: list[Result] = []
-        self._enter()
         try:
             async for event in executor.stream(
                 item, wanted, request_id=request_id or None, priority=priority,
@@ -262,7 +277,7 @@ class Repository:
             _reraise(exc, model)
         finally:
             model.stats.record(ok, 1, time.monotonic_ns() - started)
-            self._exit()
+            self._exit(model)
             if traced:
                 error = None if ok else Unavailable("the client went away")
                 self._traced(model, request_id, started, results, error, traceparent)
@@ -308,11 +323,13 @@ class Repository:
         return await asyncio.get_running_loop().run_in_executor(None, self._executor, model)
 
     # ---- draining ------------------------------------------------------------------------
-    def _enter(self) -> None:
+    def _enter(self, model: ServedModel) -> None:
         self._inflight += 1
         self._idle.clear()
+        model.family.enter()  # type: ignore[union-attr]
 
-    def _exit(self) -> None:
+    def _exit(self, model: ServedModel) -> None:
+        model.family.exit()  # type: ignore[union-attr]
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
