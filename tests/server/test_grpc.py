@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 import pytest
 
-from tests.server.conftest import AUTH
+from tests.server.conftest import AUTH, DATA, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -237,25 +238,52 @@ def test_stream_infer_of_a_unary_pipeline_sends_one_final_response(server):
     assert results[0].as_numpy("upper").tolist() == [[b"XY"]]
 
 
-def test_a_full_queue_is_resource_exhausted(grpc_client):
-    # guard.slow computes one item at a time for 0.5 s and queues at most one more
-    x = grpcclient.InferInput("x", [1, 1], "FP32")
-    x.set_data_from_numpy(np.ones((1, 1), dtype=np.float32))
-    slow = [grpcclient.InferRequestedOutput("slow")]
-    outcomes: queue.Queue = queue.Queue()
-    for _ in range(3):
-        grpc_client.async_infer(
-            "guard",
-            [x],
-            callback=lambda result, error: outcomes.put(error),
-            outputs=slow,
-            headers=AUTH,
-        )
-    errors = [outcomes.get(timeout=10) for _ in range(3)]
-    statuses = sorted(e.status() if e is not None else "OK" for e in errors)
-    assert statuses == ["OK", "OK", "StatusCode.RESOURCE_EXHAUSTED"]
-    (full,) = [e for e in errors if e is not None]
-    assert "slow" in full.message()
+def test_a_full_queue_is_resource_exhausted(tmp_path):
+    # guard.slow computes one item at a time and queues at most one more. Its instance is held
+    # inside the node by a gate file, so which request computes, waits or is refused does not
+    # depend on how fast this machine is.
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    pipeline = tmp_path / "guard.yaml"
+    text = (DATA / "guard.yaml").read_text()
+    text = text.replace('"fns.py:', f'"{DATA / "fns.py"}:').replace("fns.py:slow", "fns.py:gated")
+    pipeline.write_text(text.replace("kwargs: {seconds: 0.5}", f'kwargs: {{folder: "{gate}"}}'))
+    srv = start_server([str(pipeline)], log=tmp_path / "serve.log")
+    try:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        x = grpcclient.InferInput("x", [1, 1], "FP32")
+        x.set_data_from_numpy(np.ones((1, 1), dtype=np.float32))
+        slow = [grpcclient.InferRequestedOutput("slow")]
+        outcomes: queue.Queue = queue.Queue()
+
+        def send() -> None:
+            client.async_infer(
+                "guard", [x], callback=lambda result, error: outcomes.put(error), outputs=slow
+            )
+
+        send()
+        _wait_for(gate / "entered")  # the first request holds the only instance
+        send()
+        send()
+        refused = outcomes.get(
+            timeout=30
+        )  # one of the two waits in the queue, the other is refused
+        (gate / "open").touch()
+        others = [outcomes.get(timeout=30) for _ in range(2)]
+        client.close()
+    finally:
+        stop_server(srv)
+    assert refused is not None and refused.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "slow" in refused.message()
+    assert others == [None, None]
+
+
+def _wait_for(path, timeout_s: float = 30) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if path.exists():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")
 
 
 def test_stream_infer_streams_the_llm_tokens(server):
