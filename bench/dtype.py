@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodes.compute_dtype import cpu_info, resolve_dtype  # noqa: E402
+from nodes.compute_dtype import cpu_info, resolve_dtype
 
 
 def matmul_ms(dtype: str) -> float:

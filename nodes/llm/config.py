@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nodes.llm.speculative import SpeculativeConfig
+
 _ROPE_TYPES = ("default", "llama3")
 
 
@@ -84,6 +86,7 @@ class EngineConfig:
     max_model_len: int = 2048
     enable_prefix_caching: bool = True
     num_threads: int = 1  # torch intra-op threads; 0 leaves torch's setting (see bench/llm.py)
+    speculative: SpeculativeConfig | None = None  # n-gram speculation (nodes/llm/speculative.py)
 
     def __post_init__(self):
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):

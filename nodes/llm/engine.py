@@ -28,6 +28,7 @@ from nodes.llm.runner import ModelRunner
 from nodes.llm.sampling import SamplingParams, sample
 from nodes.llm.scheduler import Scheduler
 from nodes.llm.sequence import Sequence
+from nodes.llm.speculative import accept, verification_rows
 from nodes.llm.tokenizer import Tokenizer
 from nodes.llm.weights import load_weights
 
@@ -86,7 +87,7 @@ class LLMEngine:
         self.blocks = BlockManager(
             self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
-        self.scheduler = Scheduler(self.config, self.blocks)
+        self.scheduler = Scheduler(self.config, self.blocks, self.runner.max_model_len)
         self.max_model_len = self.runner.max_model_len
         self.eos_ids = set(model_config.eos_token_ids) | {self.tokenizer.eos_token_id} - {None}
         self._eos_tuple = tuple(t for t in self.eos_ids if t is not None)
@@ -97,6 +98,8 @@ class LLMEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.num_generated = 0
+        self.num_draft_tokens = 0  # speculative proposals checked, and accepted
+        self.num_accepted_tokens = 0
 
     def _make_seq(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> Sequence:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -167,18 +170,47 @@ class LLMEngine:
         logits, samplers = self.runner.run(batch)
         for seq, n in batch:
             seq.num_computed_tokens += n
-            self.blocks.commit(seq)
+            if not seq.num_draft:  # speculative ones commit once their proposals are checked
+                self.blocks.commit(seq)
         if samplers:
+            rows, spans = verification_rows(samplers)  # 1 + proposals rows per sequence
             with torch.inference_mode():  # penalties edit the (inference-mode) logits in place
-                tokens, logprobs, scores, tops = sample(logits, samplers, self._eos_tuple)
-            self.num_generated += len(tokens)
-            for i, (seq, token) in enumerate(zip(samplers, tokens)):
-                delta = self._append(seq, token, logprobs[i] if logprobs else None)
-                delta.scores = scores[i] if scores else None
-                if tops and tops[i] is not None:
-                    delta.top_logprobs = [tops[i]]
-                deltas.append(delta)
+                sampled = sample(logits, rows, self._eos_tuple)
+            for seq, (first, count) in zip(samplers, spans):
+                targets = sampled[0][first : first + count]
+                out = self._verify(seq, targets) if seq.num_draft else targets
+                deltas.append(self._emit(seq, out, first, sampled))
         return deltas
+
+    def _verify(self, seq: Sequence, targets: list[int]) -> list[int]:
+        """Keep the proposals the model agrees with, roll back the rest (tokens, computed
+        count, blocks); the tokens this step yields."""
+        drafts = seq.num_draft
+        base = len(seq.token_ids) - drafts
+        out = accept(seq.token_ids[base:], targets)
+        del seq.token_ids[base:]
+        seq.num_draft = 0
+        seq.num_computed_tokens = base + len(out) - 1  # the last token and the accepted ones
+        self.blocks.truncate(seq, base + len(out))
+        self.blocks.commit(seq)
+        self.num_draft_tokens += drafts
+        self.num_accepted_tokens += len(out) - 1
+        return out
+
+    def _emit(self, seq: Sequence, out: list[int], first: int, sampled) -> Delta:
+        """Append a step's tokens to the sequence (until it finishes): one Delta for them all."""
+        _, logprobs, scores, tops = sampled
+        parts = []
+        for i, token in enumerate(out, start=first):
+            delta = self._append(seq, token, logprobs[i] if logprobs else None)
+            delta.scores = scores[i] if scores else None
+            if tops and tops[i] is not None:
+                delta.top_logprobs = [tops[i]]
+            parts.append(delta)
+            if delta.finished:
+                break
+        self.num_generated += len(parts)
+        return _merge(parts)
 
     def _append(self, seq: Sequence, token: int, logprob: float | None) -> Delta:
         p = seq.params
@@ -340,7 +372,22 @@ class LLMEngine:
             "prefix_cache_hit_rate": blocks.cache_hits / max(1, blocks.cache_queries),
             "preemptions": self.scheduler.num_preemptions,
             "generated_tokens": self.num_generated,
+            "spec_draft_tokens": self.num_draft_tokens,
+            "spec_accepted_tokens": self.num_accepted_tokens,
+            "spec_acceptance_rate": self.num_accepted_tokens / max(1, self.num_draft_tokens),
         }
+
+
+def _merge(parts: list[Delta]) -> Delta:
+    """One Delta for several tokens of one step (speculative decoding), the last one's state."""
+    if len(parts) == 1:
+        return parts[0]
+    last = parts[-1]
+    last.text = "".join(d.text for d in parts)
+    last.token_ids = [t for d in parts for t in d.token_ids]
+    last.logprobs = [x for d in parts for x in d.logprobs]
+    last.top_logprobs = [x for d in parts for x in d.top_logprobs]
+    return last
 
 
 def _completion(parts: list[Delta]) -> Completion:

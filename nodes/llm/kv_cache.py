@@ -98,6 +98,13 @@ class BlockManager:
         for _ in range(self.blocks_needed(len(seq)) - len(seq.block_table)):
             seq.block_table.append(self._take())
 
+    def truncate(self, seq: Sequence, num_tokens: int) -> None:
+        """Release the tail blocks beyond the first `num_tokens` tokens (rejected speculative
+        tokens: not yet committed, so never in the prefix cache)."""
+        keep = self.blocks_needed(num_tokens)
+        while len(seq.block_table) > keep:
+            self._release(seq.block_table.pop())
+
     def commit(self, seq: Sequence) -> None:
         """Register the hashes of blocks that became full and computed."""
         if not self.enable_prefix_caching:

@@ -10,6 +10,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -30,6 +31,20 @@ _OVERRIDES = {"max_tokens": ("INT64", (1,)), "temperature": ("FP32", (1,)),
 _CAST = {"FP32": float, "INT64": int, "BOOL": bool}
 
 
+class SpeculativeParams(NodeParams):
+    """vLLM's `speculative_config` for prompt lookup (nodes/llm/speculative.py)."""
+
+    method: Literal["ngram"]
+    num_speculative_tokens: int = Field(ge=1, le=64)
+    prompt_lookup_max: int | None = Field(None, ge=1)
+    prompt_lookup_min: int | None = Field(None, ge=1)
+
+    def config(self):
+        from nodes.llm.speculative import SpeculativeConfig
+
+        return SpeculativeConfig(**self.model_dump())
+
+
 class LLMParams(NodeParams):
     """Params of the `llm` kind.
 
@@ -45,6 +60,9 @@ class LLMParams(NodeParams):
     | max_model_len          | 2048               | prompt plus output tokens                      |
     | enable_prefix_caching  | true               | reuse KV blocks of shared prompt prefixes      |
     | threads                | 1                  | torch intra-op threads (0: torch's default)    |
+    | speculative            | none               | {method: ngram, num_speculative_tokens: k,     |
+    |                        |                    |  prompt_lookup_max: n, prompt_lookup_min: m}:  |
+    |                        |                    |  prompt-lookup speculation (greedy requests)   |
     | max_tokens ... seed    | 256, 0 (greedy)... | default sampling; see nodes/llm/sampling.py    |
 
     Each sampling field is also an optional input port, a request parameter: unwired, it becomes
@@ -72,6 +90,7 @@ class LLMParams(NodeParams):
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    speculative: SpeculativeParams | None = None
 
     @model_validator(mode="after")
     def _check(self) -> LLMParams:
@@ -93,6 +112,7 @@ class LLMParams(NodeParams):
             kv_cache_bytes=self.kv_cache_bytes, max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens, max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching, num_threads=self.threads,
+            speculative=self.speculative.config() if self.speculative else None,
         )  # fmt: skip
 
     def sampling(self, **overrides):

@@ -66,8 +66,8 @@ class ModelRunner:
             else:
                 blocks = torch.tensor(table[: -(-(start + n) // bs)], device=self.device)
                 prefills.append((first, n, start + n, blocks))
-            if start + n == len(seq):
-                logits_at.append(len(input_ids) - 1)
+            if start + n == len(seq):  # and at each speculative proposal's position before it
+                logits_at += range(len(input_ids) - 1 - seq.num_draft, len(input_ids))
                 samplers.append(seq)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),

@@ -13,13 +13,16 @@ from collections import deque
 from nodes.llm.config import EngineConfig
 from nodes.llm.kv_cache import BlockManager
 from nodes.llm.sequence import Sequence, Status
+from nodes.llm.speculative import propose_ngram
 
 
 class Scheduler:
     """Chooses, each step, which sequences compute how many tokens."""
 
-    def __init__(self, config: EngineConfig, blocks: BlockManager):
+    def __init__(self, config: EngineConfig, blocks: BlockManager, max_model_len: int = 0):
         self.max_num_seqs = config.max_num_seqs
+        self.max_model_len = max_model_len or config.max_model_len
+        self.speculative = config.speculative
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.blocks = blocks
         self.waiting: deque[Sequence] = deque()
@@ -40,7 +43,7 @@ class Scheduler:
         preempted = False
         decodes = [s for s in self.running if s.num_uncomputed == 1]
         partial = [s for s in self.running if s.num_uncomputed > 1]
-        for seq in decodes + partial:
+        for index, seq in enumerate(decodes + partial):
             if budget == 0:
                 break
             if seq.status is not Status.RUNNING:  # preempted earlier in this loop
@@ -58,6 +61,8 @@ class Scheduler:
                 continue
             self.blocks.append(seq)
             n = min(seq.num_uncomputed, budget)
+            if n == 1 and self.speculative is not None:
+                n += self._propose(seq, budget - 1, reserve=len(decodes) - index - 1)
             batch.append((seq, n))
             chosen.add(id(seq))
             budget -= n
@@ -75,6 +80,29 @@ class Scheduler:
             batch.append((seq, n))
             budget -= n
         return batch
+
+    def _propose(self, seq: Sequence, room: int, reserve: int) -> int:
+        """Append a greedy decode's n-gram proposals to its tokens (`seq.num_draft` of them),
+        within the step's `room`, its max_tokens and max_model_len, and the KV blocks free
+        beyond `reserve` (one per decode still to schedule); the number proposed."""
+        spec, params = self.speculative, seq.params
+        if not params.greedy:
+            return 0
+        limit = min(spec.num_speculative_tokens, room,
+                    params.max_tokens - seq.num_output_tokens - 1,
+                    self.max_model_len - len(seq) - 1)  # fmt: skip
+        if limit < 1:
+            return 0
+        drafts = propose_ngram(seq.token_ids, limit, spec.prompt_lookup_min, spec.prompt_lookup_max)
+        bs = self.blocks.block_size
+        room_in_blocks = len(seq.block_table) * bs - len(seq)
+        room_in_blocks += max(0, self.blocks.num_free - reserve) * bs
+        drafts = drafts[:room_in_blocks]
+        if drafts:
+            seq.token_ids += drafts
+            seq.num_draft = len(drafts)
+            self.blocks.append(seq)
+        return len(drafts)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -21,7 +21,8 @@ class Sequence:
     __slots__ = tuple(
         "request_id token_ids num_prompt_tokens num_computed_tokens "  # noqa: SIM905
         "num_cached_tokens block_table block_hashes status params finish_reason logprobs "
-        "generator text sent_chars prefix_offset read_offset arrival num_preemptions".split()
+        "generator text sent_chars prefix_offset read_offset arrival num_preemptions "
+        "num_draft".split()
     )
 
     def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, arrival):
@@ -45,6 +46,7 @@ class Sequence:
         self.read_offset = len(prompt_ids)
         self.arrival = arrival
         self.num_preemptions = 0
+        self.num_draft = 0  # speculative proposals at the end of token_ids, this step only
 
     def __len__(self) -> int:
         return len(self.token_ids)
