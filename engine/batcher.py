@@ -1,11 +1,13 @@
 """One batcher per node: Triton's dynamic batcher in front of that node's instance workers.
 
-Items wait in one queue per priority level (1 served first). A worker takes a batch when it holds
-`max_batch_size` items, when a preferred batch size can be formed, or when the oldest item has
-waited `max_queue_delay_ms` (all in `_wait_for_batch`). Items of cancelled requests are dropped and
-expired ones rejected before compute. A batch that raises is split in halves and retried so that
-only the failing item fails. Results go back through `on_done`, called once per batch in the
-worker thread (the executor turns that into one event-loop handoff per batch).
+A `Runner` (engine/runner.py). Items wait in one queue per priority level (1 served first). Each
+instance worker (engine/instance.py) has a dispatch thread here that takes a batch when the queue
+holds `max_batch_size` items, when a preferred batch size can be formed, or when the oldest item
+has waited `max_queue_delay_ms` (all in `_wait_for_batch`), and hands it whole to its instance.
+Items of cancelled requests are dropped and expired ones rejected before compute. A batch that
+raises is split in halves and retried so that only the failing item fails. Results go back
+through `on_done`, called once per batch in the dispatch thread (the executor turns that into one
+event-loop handoff per batch).
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import (
@@ -25,58 +25,29 @@ from engine.errors import (
     Unavailable,
     node_failure,
 )
+from engine.instance import Instance, instances_for
 from engine.plan import BatchPolicy, NodePlan
+from engine.runner import Done, OnDone, OnLoaded, Ticket, WorkItem
 from engine.samples import RecentSamples
-from nodes.base import Item, Node
-from nodes.registry import get_kind
 
-
-class Ticket:
-    """The cancellation flag shared by every item of one request."""
-
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-
-@dataclass(slots=True, eq=False)
-class WorkItem:
-    """One request's inputs for one node. Times are `time.monotonic_ns()`; deadline 0 = none."""
-
-    inputs: Item
-    request_id: str
-    ticket: Ticket
-    priority: int = 0  # 0: the policy's default
-    deadline_ns: int = 0
-    enqueued_ns: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Done:
-    """What became of one item: outputs or an error, with its queue and compute times."""
-
-    item: WorkItem
-    outputs: Item | None
-    error: RequestError | None
-    queue_ns: int
-    compute_ns: int
-    batch_size: int
-    instance: int = 0  # index of the node instance that computed it
-
-
-OnDone = Callable[[list[Done]], None]
+__all__ = ["Batcher", "Done", "Ticket", "WorkItem"]
 
 
 class Batcher:
-    """The queue and instance workers of one node. `start` loads every instance (each in its own
-    thread); `put` enqueues; `stop` drains or rejects what is queued."""
+    """The queue of one node in front of its instance workers. `start` loads every instance
+    (each in its own thread); `put` enqueues; `stop` drains or rejects what is queued."""
 
-    def __init__(self, node: NodePlan, base_dir: str | Path | None, on_done: OnDone):
+    def __init__(
+        self,
+        node: NodePlan,
+        base_dir: str | Path | None,
+        on_done: OnDone,
+        instances: list[Instance] | None = None,
+    ):
         self.name = node.name
         self.node_plan = node
         self.policy: BatchPolicy = node.batching
-        self._base_dir = base_dir
+        self._instances = instances if instances is not None else instances_for(node, base_dir)
         self._on_done = on_done
         self._levels = max(1, self.policy.priority_levels)
         self._queues: list[deque[WorkItem]] = [deque() for _ in range(self._levels)]
@@ -111,13 +82,12 @@ class Batcher:
         self.recent = RecentSamples()  # written under _stats_lock, read by the live page
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def start(self, on_loaded: Callable[[], None] | None = None) -> None:
-        """Start one worker per placed instance; each constructs and loads its own node."""
-        kind = get_kind(self.node_plan.kind)
-        for index, instance in enumerate(self.node_plan.instances):
+    def start(self, on_loaded: OnLoaded | None = None) -> None:
+        """Start one dispatch thread per instance worker; each first loads its instance."""
+        for index, instance in enumerate(self._instances):
             thread = threading.Thread(
                 target=self._worker,
-                args=(kind, instance.device, on_loaded, index),
+                args=(instance, on_loaded, index),
                 name=f"pipectl-{self.name}-{index}",
                 daemon=True,
             )
@@ -129,12 +99,7 @@ class Batcher:
         for _ in self._threads:
             self._loaded.acquire()
         if self._load_errors:
-            exc = self._load_errors[0]
-            raise Unavailable(
-                f"node {self.name!r} ({self.node_plan.kind}) failed to load: "
-                f"{type(exc).__name__}: {exc}",
-                node=self.name,
-            ) from exc
+            raise Unavailable.load_failed(self.name, self.node_plan.kind, self._load_errors[0])
 
     def stop(self, drain: bool = True) -> None:
         """Stop the workers: finish what is queued (drain) or reject it as Unavailable."""
@@ -148,8 +113,7 @@ class Batcher:
                 self._size = 0
             self._cond.notify_all()
         if dropped:
-            error = f"node {self.name!r} is stopping"
-            self._on_done([self._failed(it, Unavailable(error, node=self.name)) for it in dropped])
+            self._on_done([self._failed(it, Unavailable.stopping(self.name)) for it in dropped])
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()
@@ -157,14 +121,14 @@ class Batcher:
     # ---- queueing --------------------------------------------------------------------------
     def put(self, items: list[WorkItem]) -> list[WorkItem]:
         """Enqueue items; returns the ones rejected because `max_queue_size` is reached (the
-        caller fails them with `QueueFull`). Raises Unavailable once stopping."""
+        caller fails them with `queue_full_error`). Raises Unavailable once stopping."""
         now = time.monotonic_ns()
         limit = self.policy.max_queue_size
         default = self.policy.default_priority
         rejected: list[WorkItem] = []
         with self._cond:
             if self._stopping:
-                raise Unavailable(f"node {self.name!r} is stopping", node=self.name)
+                raise Unavailable.stopping(self.name)
             for item in items:
                 if limit and self._size >= limit:
                     rejected.append(item)
@@ -181,12 +145,8 @@ class Batcher:
         return rejected
 
     def queue_full_error(self, item: WorkItem) -> QueueFull:
-        return QueueFull(
-            f"node {self.name!r} queue is full (max_queue_size={self.policy.max_queue_size}); "
-            f"request {item.request_id!r} rejected",
-            node=self.name,
-            request_id=item.request_id,
-        )
+        """The error of an item `put` refused."""
+        return QueueFull.at_node(self.name, self.policy.max_queue_size, item.request_id)
 
     def queued(self) -> int:
         return self._size
@@ -236,10 +196,9 @@ class Batcher:
         return batch
 
     # ---- workers ---------------------------------------------------------------------------
-    def _worker(self, kind: type[Node], device: str, on_loaded, index: int = 0) -> None:
+    def _worker(self, instance: Instance, on_loaded: OnLoaded | None, index: int = 0) -> None:
         try:
-            node = kind(self.node_plan.params, self._base_dir)
-            node.load(device)
+            instance.load()
         except BaseException as exc:  # noqa: BLE001 - reported by wait_loaded()
             self._load_errors.append(exc)
             self._loaded.release()
@@ -249,15 +208,15 @@ class Batcher:
         self._loaded.release()
         try:
             while (batch := self._wait_for_batch()) is not None:
-                done = self._run(node, batch, index)
+                done = self._run(instance, batch, index)
                 del batch  # an idle worker must not keep its last batch's tensors alive
                 if done:
                     self._on_done(done)
                 del done
         finally:
-            node.close()
+            instance.close()
 
-    def _run(self, node: Node, batch: list[WorkItem], instance: int = 0) -> list[Done]:
+    def _run(self, instance: Instance, batch: list[WorkItem], index: int = 0) -> list[Done]:
         """Drop cancelled items, reject expired ones, compute the rest with failure isolation."""
         now = time.monotonic_ns()
         timeout_ns = int(self.policy.timeout_ms * 1e6)
@@ -282,17 +241,17 @@ class Batcher:
         compute_ns = 0
         if live:
             start = time.monotonic_ns()
-            done.extend(self._compute(node, live, start, instance))
+            done.extend(self._compute(instance, live, start, index))
             compute_ns = time.monotonic_ns() - start
         self._record(done, cancelled, len(live), compute_ns)
         return done
 
     def _compute(
-        self, node: Node, items: list[WorkItem], dispatched_ns: int, instance: int = 0
+        self, instance: Instance, items: list[WorkItem], dispatched_ns: int, index: int = 0
     ) -> list[Done]:
         start = time.monotonic_ns()
         try:
-            outputs = node.run_batch([item.inputs for item in items])
+            outputs = instance.run_batch([item.inputs for item in items])
             if len(outputs) != len(items):
                 raise ValueError(
                     f"run_batch returned {len(outputs)} results for {len(items)} items"
@@ -300,8 +259,8 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - a node failure fails only its item
             if len(items) > 1:  # bisect so that only the failing item fails
                 half = len(items) // 2
-                return self._compute(node, items[:half], dispatched_ns, instance) + self._compute(
-                    node, items[half:], dispatched_ns, instance
+                return self._compute(instance, items[:half], dispatched_ns, index) + self._compute(
+                    instance, items[half:], dispatched_ns, index
                 )
             item = items[0]
             error = node_failure(self.name, item.request_id, exc)
@@ -309,7 +268,7 @@ class Batcher:
         compute_ns = time.monotonic_ns() - start
         size = len(items)
         return [
-            Done(item, out, None, dispatched_ns - item.enqueued_ns, compute_ns, size, instance)
+            Done(item, out, None, dispatched_ns - item.enqueued_ns, compute_ns, size, index)
             for item, out in zip(items, outputs, strict=True)
         ]
 

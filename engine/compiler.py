@@ -47,6 +47,8 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
             instances=_with_dtypes(info, placed[name]),
             when=info.spec.when,
             line=spec.line(f"nodes.{name}"),
+            streaming=info.kind.streaming,
+            stream_outputs=tuple(info.kind.stream_outputs) if info.kind.streaming else (),
         )
     outputs = {}
     for name, text in spec.outputs.items():

@@ -4,6 +4,7 @@
     ├── SpecError                 the pipeline file does not parse or fails its schema
     ├── GraphError                the graph is wrong: unknown node or port, cycle, type mismatch
     ├── PlacementError            instances do not fit on the devices (with the numbers)
+    ├── NotASubPlan               Executor.view was given a plan with nodes its parent lacks
     └── RequestError              a request is wrong or cannot be served
         ├── InvalidInput          wrong dtype, shape or missing input (names the input and node);
         │                         also what a node's nodes.errors.InvalidRequest becomes
@@ -73,6 +74,10 @@ class PlacementError(PipelineError):
     """Node instances do not fit on the available devices."""
 
 
+class NotASubPlan(PipelineError, ValueError):
+    """`Executor.view(plan)`: `plan` names nodes the parent executor does not run."""
+
+
 class RequestError(PipelineError):
     """A request cannot be served; `status` is the gRPC status code name it maps to."""
 
@@ -95,6 +100,16 @@ class NotFound(RequestError):
 class QueueFull(RequestError):
     status = "RESOURCE_EXHAUSTED"
 
+    @classmethod
+    def at_node(cls, node: str, max_queue_size: int, request_id: str) -> QueueFull:
+        """A batcher refused an item because its queue holds `max_queue_size` items."""
+        return cls(
+            f"node {node!r} queue is full (max_queue_size={max_queue_size}); "
+            f"request {request_id!r} rejected",
+            node=node,
+            request_id=request_id,
+        )
+
 
 class DeadlineExceeded(RequestError):
     status = "DEADLINE_EXCEEDED"
@@ -102,6 +117,20 @@ class DeadlineExceeded(RequestError):
 
 class Unavailable(RequestError):
     status = "UNAVAILABLE"
+
+    @classmethod
+    def load_failed(cls, node: str, kind: str, exc: BaseException) -> Unavailable:
+        """An instance of `node` could not construct or load its node."""
+        error = cls(
+            f"node {node!r} ({kind}) failed to load: {type(exc).__name__}: {exc}", node=node
+        )
+        error.__cause__ = exc
+        return error
+
+    @classmethod
+    def stopping(cls, node: str, request_id: str = "") -> Unavailable:
+        """The runner of `node` is stopping and takes no more items."""
+        return cls(f"node {node!r} is stopping", node=node, request_id=request_id)
 
 
 class Cancelled(RequestError):

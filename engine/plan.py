@@ -52,7 +52,9 @@ class InstancePlan:
 
 @dataclass(frozen=True)
 class NodePlan:
-    """A node as it will run: its kind, params, ports, wiring, batching and instances."""
+    """A node as it will run: its kind, params, ports, wiring, batching and instances.
+    `streaming` nodes (the LLM) run through a Streamer, not a Batcher, and yield deltas of
+    their `stream_outputs` ports; both come from the kind, once, at compile time."""
 
     name: str
     kind: str
@@ -63,6 +65,8 @@ class NodePlan:
     instances: tuple[InstancePlan, ...]
     when: str | None = None
     line: int = 0
+    streaming: bool = False
+    stream_outputs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -117,6 +121,14 @@ class Plan:
             needed.add(name)
             stack.extend(src.node for src in self.nodes[name].inputs.values())
         return [n for n in self.nodes if n in needed]
+
+    def streamed_outputs(self) -> frozenset[str]:
+        """The pipeline outputs fed by a streaming node's streamed ports (token deltas)."""
+        return frozenset(
+            name
+            for name, src in self.outputs.items()
+            if not src.is_pipeline_input and src.port in self.nodes[src.node].stream_outputs
+        )
 
     def to_dict(self) -> dict:
         return {

@@ -3,77 +3,78 @@
 It holds the tensors produced so far, launches a node when all its inputs are resolved (present
 or absent), skips nodes whose condition is false or whose required input is absent, releases
 tensors after their last consumer, and ends with a Result, a final StreamEvent, or an error.
+A request knows its Schedule and the runners of its nodes (engine/runner.py), not the executor:
+it hands each node's item to that node's runner and hears back through `node_done` / `fail`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from engine.batcher import Batcher, Ticket, WorkItem
 from engine.errors import DeadlineExceeded, InvalidInput, NodeError, RequestError, Unavailable
 from engine.result import NodeTrace, Result, StreamEvent
+from engine.runner import Runner, Ticket, WorkItem
 from engine.schedule import Schedule
 from engine.tensors import coerce_input, default_value
-
-if TYPE_CHECKING:
-    from engine.executor import Executor
+from nodes.base import Item
 
 ABSENT: Any = object()
 
 
 class Launches:
-    """Items bound for batchers, gathered while handling one batch so that each batcher is fed
+    """Items bound for runners, gathered while handling one batch so that each runner is fed
     once (one lock, one wake-up) per handoff rather than once per item."""
 
-    __slots__ = ("by_batcher",)
+    __slots__ = ("by_runner",)
 
     def __init__(self) -> None:
-        self.by_batcher: dict[Batcher, list[WorkItem]] = {}
+        self.by_runner: dict[Runner, list[WorkItem]] = {}
 
-    def add(self, batcher: Batcher, item: WorkItem) -> None:
-        items = self.by_batcher.get(batcher)
+    def add(self, runner: Runner, item: WorkItem) -> None:
+        items = self.by_runner.get(runner)
         if items is None:
-            self.by_batcher[batcher] = [item]
+            self.by_runner[runner] = [item]
         else:
             items.append(item)
 
     def flush(self) -> None:
-        for batcher, items in self.by_batcher.items():
+        """Hand the items over; fail those a runner refuses."""
+        for runner, items in self.by_runner.items():
             try:
-                rejected = batcher.put(items)
+                rejected = runner.put(items)
             except Unavailable as exc:
                 for item in items:
                     error = Unavailable(str(exc), node=exc.node, request_id=item.request_id)
-                    item.ticket.fail(error)  # type: ignore[attr-defined]
+                    item.ticket.fail(error)
                 continue
             for item in rejected:
-                item.ticket.fail(batcher.queue_full_error(item))  # type: ignore[attr-defined]
-        self.by_batcher.clear()
+                item.ticket.fail(runner.queue_full_error(item))
+        self.by_runner.clear()
 
 
 class RequestRun(Ticket):
-    """The state of one request; every method runs on `loop`."""
+    """The state of one request; every method runs on `loop`. `runners` maps each node of the
+    schedule to its runner."""
 
     __slots__ = (
         "active",
         "deadline_ns",
         "events",
-        "executor",
         "finished",
         "future",
         "launched",
-        "loop",
         "pending",
         "priority",
         "refcounts",
         "remaining",
         "request_id",
+        "runners",
         "schedule",
-        "tasks",
         "timeout_s",
         "timer",
         "trace",
@@ -83,8 +84,8 @@ class RequestRun(Ticket):
 
     def __init__(
         self,
-        executor: Executor,
         schedule: Schedule,
+        runners: Mapping[str, Runner],
         loop: asyncio.AbstractEventLoop,
         request_id: str,
         priority: int,
@@ -92,10 +93,9 @@ class RequestRun(Ticket):
         tracing: bool,
         streaming: bool,
     ):
-        super().__init__()
-        self.executor = executor
+        super().__init__(loop)
         self.schedule = schedule
-        self.loop = loop
+        self.runners = runners
         self.request_id = request_id
         self.priority = priority
         self.timeout_s = timeout_s
@@ -111,7 +111,6 @@ class RequestRun(Ticket):
         self.finished = False
         self.future: asyncio.Future | None = None if streaming else loop.create_future()
         self.events: asyncio.Queue | None = asyncio.Queue() if streaming else None
-        self.tasks: list[asyncio.Task] = []
         self.timer: asyncio.TimerHandle | None = None
         if timeout_s:
             self.timer = loop.call_later(timeout_s, self.expire)
@@ -120,9 +119,9 @@ class RequestRun(Ticket):
     def begin(self, inputs: dict[str, Any]) -> None:
         """Check the inputs against the pipeline's types and launch the first nodes."""
         schedule = self.schedule
-        unknown = [name for name in inputs if name not in self.executor.plan.inputs]
+        unknown = [name for name in inputs if name not in schedule.pipeline_inputs]
         if unknown:
-            known = ", ".join(self.executor.plan.inputs)
+            known = ", ".join(schedule.pipeline_inputs)
             raise InvalidInput(f"unknown input {unknown[0]!r}; inputs: {known}")
         ready: list[str] = list(schedule.roots)
         for name, spec in schedule.inputs.items():
@@ -179,14 +178,10 @@ class RequestRun(Ticket):
                 self.launched[step.name] = time.monotonic_ns()
             if missing:
                 self._skip(step.name, ready)
-            elif step.streaming:
-                self.active.add(step.name)
-                self.executor.start_stream(self, step.name, item)
             else:
                 self.active.add(step.name)
-                batcher = self.executor.batchers[step.name]
                 launches.add(
-                    batcher,
+                    self.runners[step.name],
                     WorkItem(item, self.request_id, self, self.priority, self.deadline_ns),
                 )
 
@@ -261,6 +256,14 @@ class RequestRun(Ticket):
             )
         )  # fmt: skip
 
+    def delta(self, node: str, outputs: Item) -> None:
+        """A streaming node's partial outputs: forward those the caller streams."""
+        if self.events is None or self.finished:
+            return
+        out = {o: outputs[p] for p, o in self.schedule.steps[node].forward if p in outputs}
+        if out:
+            self.events.put_nowait(StreamEvent(out))
+
     # ---- endings ---------------------------------------------------------------------------
     def _finish(self) -> None:
         self.finished = True
@@ -302,8 +305,8 @@ class RequestRun(Ticket):
         self.values.clear()
         if self.timer is not None:
             self.timer.cancel()
-        for task in self.tasks:
-            task.cancel()
+        for abort in self.aborts:
+            abort()
 
     def expire(self) -> None:
         at = ", ".join(sorted(self.active)) or "(none)"

@@ -11,7 +11,6 @@ from engine.errors import InvalidInput
 from engine.plan import PIPELINE_INPUT, Plan
 from engine.tensors import default_value
 from nodes.base import TensorSpec
-from nodes.registry import get_kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +37,7 @@ class Schedule:
                 f"unknown output {unknown[0]!r}; outputs: {', '.join(plan.outputs) or '(none)'}"
             )
         self.outputs: dict[str, str] = {o: str(plan.outputs[o]) for o in wanted}
+        self.pipeline_inputs: tuple[str, ...] = tuple(plan.inputs)  # all, for unknown names
         names = plan.needed_nodes(wanted)
         consumers: dict[str, list[str]] = {}
         for name in names:
@@ -63,7 +63,6 @@ class Schedule:
 
     def _step(self, plan: Plan, name: str) -> Step:
         node = plan.nodes[name]
-        kind = get_kind(node.kind)
         inputs = []
         for port, src in node.inputs.items():
             spec = node.ports.inputs.get(port) or TensorSpec("BYTES", (-1,))
@@ -78,11 +77,11 @@ class Schedule:
 
             condition = parse_condition(node.when)
         forward: tuple[tuple[str, str], ...] = ()
-        if kind.streaming:
+        if node.streaming:
             forward = tuple(
                 (src.port, out)
                 for out, src in ((o, plan.outputs[o]) for o in self.outputs)
-                if src.node == name and src.port in kind.stream_outputs
+                if src.node == name and src.port in node.stream_outputs
             )
         return Step(
             name=name,
@@ -90,6 +89,6 @@ class Schedule:
             input_keys=tuple(dict.fromkeys(str(src) for src in node.inputs.values())),
             outputs=outputs,
             condition=condition,
-            streaming=kind.streaming,
+            streaming=node.streaming,
             forward=forward,
         )

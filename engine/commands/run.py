@@ -169,7 +169,7 @@ def _read_requests(plan: Plan, path: str, defaults: dict) -> list[tuple[str, dic
 async def _run_one(executor, inputs: dict, outputs: list[str] | None, args) -> int:
     plan: Plan = executor.plan
     wanted = list(plan.outputs) if outputs is None else outputs
-    streamed = [o for o in wanted if _is_streamed(plan, o)]
+    streamed = sorted(plan.streamed_outputs() & set(wanted), key=wanted.index)
     text = args.format == "text"
     begin = time.perf_counter()
     try:
@@ -189,16 +189,6 @@ async def _run_one(executor, inputs: dict, outputs: list[str] | None, args) -> i
     else:
         print(json.dumps(_record(result.request_id, result, args.trace), ensure_ascii=False))
     return 0
-
-
-def _is_streamed(plan: Plan, output: str) -> bool:
-    from nodes.registry import get_kind
-
-    src = plan.outputs[output]
-    if src.is_pipeline_input:
-        return False
-    kind = get_kind(plan.nodes[src.node].kind)
-    return kind.streaming and src.port in kind.stream_outputs
 
 
 async def _stream_to_terminal(executor, inputs, outputs, streamed, timeout) -> Result:

@@ -34,18 +34,6 @@ def node_plan(plan: Plan, node: str) -> Plan:
     )
 
 
-def streamed_outputs(plan: Plan) -> frozenset[str]:
-    """Pipeline outputs fed by a streaming node's streamed ports (token deltas)."""
-    from nodes.registry import get_kind
-
-    streamed = set()
-    for name, src in plan.outputs.items():
-        kind = get_kind(plan.nodes[src.node].kind)
-        if kind.streaming and src.port in kind.stream_outputs:
-            streamed.add(name)
-    return frozenset(streamed)
-
-
 @dataclass
 class ModelStats:
     """Request-level counters of one model (Triton's InferStatistics for the whole model)."""

@@ -22,7 +22,6 @@ from engine.server.model import (
     ServedModel,
     new_executor,
     node_plan,
-    streamed_outputs,
 )
 
 UNLOADING = "UNLOADING"
@@ -104,14 +103,14 @@ def build_version(plan: Plan, source: str = "", stamp: tuple = ()) -> PipelineVe
     version = str(plan.version)
     models = {
         plan.name: ServedModel(plan.name, plan.name, None, plan, dict(plan.inputs), outputs,
-                               streamed_outputs(plan), version=version)
+                               plan.streamed_outputs(), version=version)
     }  # fmt: skip
     for node in plan.nodes:
         sub = node_plan(plan, node)
         sub_outputs = {n: plan.nodes[node].ports.outputs[n] for n in sub.outputs}
         models[sub.name] = ServedModel(
             sub.name, plan.name, node, sub, dict(sub.inputs), sub_outputs,
-            streamed_outputs(sub), version=version,
+            sub.streamed_outputs(), version=version,
         )  # fmt: skip
     pv = PipelineVersion(plan.name, version, plan, models, source, stamp)
     for model in models.values():

@@ -416,7 +416,7 @@ def test_a_view_runs_a_sub_plan_on_the_loaded_instances(write_pipeline):
     parent.start()
     try:
         view = parent.view(sub)
-        assert view.batchers["a"] is parent.batchers["a"]
+        assert view.runners["a"] is parent.runners["a"]
         assert view.submit_sync(x(3)).outputs["y"].tolist() == [6.0]
         assert parent.submit_sync(x(3)).outputs["y"].tolist() == [12.0]
         with pytest.raises(ValueError, match="not a sub-plan"):

@@ -79,7 +79,7 @@ def test_node_model_shares_the_pipeline_instances(repo):
     node_executor = repo.models["echo.length"].executor
     pipeline_executor = repo.models["echo"].executor
     assert node_executor is not pipeline_executor
-    assert node_executor.batchers["length"] is pipeline_executor.batchers["length"]
+    assert node_executor.runners["length"] is pipeline_executor.runners["length"]
 
 
 def test_outputs_skipped_by_a_condition(repo):
