@@ -94,7 +94,6 @@ class InProcess(Target):
     def __init__(self, path: str, outputs: list[str] | None = None):
         from engine.commands.compiling import compile_or_report
         from engine.errors import PipelineError
-        from engine.server.model import streamed_outputs
 
         plan = compile_or_report(path)
         if plan is None:
@@ -103,7 +102,7 @@ class InProcess(Target):
         self.name = plan.name
         self.inputs = dict(plan.inputs)
         self.outputs = outputs
-        self.streamed = streamed_outputs(plan) & set(outputs or plan.outputs)
+        self.streamed = plan.streamed_outputs() & set(outputs or plan.outputs)
         self.streaming = bool(self.streamed)
         self.description = f"{path} in process"
         self.knows_optional = True
@@ -114,12 +113,10 @@ class InProcess(Target):
     def of(cls, executor, outputs: list[str] | None = None) -> InProcess:
         """A target over an executor the caller started (and stops): for bench/ scripts that
         compile their own pipelines."""
-        from engine.server.model import streamed_outputs
-
         target = cls.__new__(cls)
         target.plan, target.name = executor.plan, executor.plan.name
         target.inputs, target.outputs = dict(executor.plan.inputs), outputs
-        target.streamed = streamed_outputs(executor.plan) & set(outputs or executor.plan.outputs)
+        target.streamed = executor.plan.streamed_outputs() & set(outputs or executor.plan.outputs)
         target.streaming = bool(target.streamed)
         target.description, target.knows_optional = f"{target.name} in process", True
         target.executor, target.owned = executor, False

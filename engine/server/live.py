@@ -71,12 +71,10 @@ class LiveStats:
 
     def _node(self, model: ServedModel, name: str, window_s: float) -> dict:
         node = model.plan.nodes[name]
-        from nodes.registry import get_kind
-
         out: dict = {
             "name": name,
             "kind": node.kind,
-            "streaming": bool(get_kind(node.kind).streaming),
+            "streaming": node.streaming,
             "when": node.when,
             "instances": [{"index": i, **inst.__dict__} for i, inst in enumerate(node.instances)],
         }
