@@ -19,11 +19,13 @@ import asyncio
 import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any, Self
 
 from engine.batcher import Batcher
 from engine.errors import NotASubPlan, RequestError, Unavailable
+from engine.options import RequestOptions
 from engine.plan import NodePlan, Plan
 from engine.request import Launches, RequestRun
 from engine.result import Result, StreamEvent
@@ -128,24 +130,15 @@ class Executor:
         self,
         inputs: dict[str, Any],
         outputs: list[str] | None,
-        request_id: str | None,
-        priority: int | None,
-        timeout_s: float | None,
-        trace: bool,
+        options: RequestOptions,
         streaming: bool,
     ) -> RequestRun:
         if not self._started:
             raise Unavailable(f"pipeline {self.plan.name!r} is not started")
-        run = RequestRun(
-            self._schedule(outputs),
-            self.runners,
-            asyncio.get_running_loop(),
-            request_id or str(next(self._ids)),
-            priority or 0,
-            timeout_s,
-            trace,
-            streaming,
-        )
+        if not options.request_id:
+            options = replace(options, request_id=str(next(self._ids)))
+        loop = asyncio.get_running_loop()
+        run = RequestRun(self._schedule(outputs), self.runners, loop, options, streaming)
         try:
             run.begin(inputs)
         except BaseException:
@@ -157,14 +150,12 @@ class Executor:
         self,
         inputs: dict[str, Any],
         outputs: list[str] | None = None,
-        *,
-        request_id: str | None = None,
-        priority: int | None = None,
-        timeout_s: float | None = None,
-        trace: bool = False,
+        options: RequestOptions | None = None,
+        **fields: Any,
     ) -> Result:
-        """Run one request (inputs without batch dimension) and return its Result."""
-        run = self._begin(inputs, outputs, request_id, priority, timeout_s, trace, False)
+        """Run one request (inputs without batch dimension) and return its Result. `options`
+        or its fields as keywords (request_id, priority, timeout_s, trace): engine/options.py."""
+        run = self._begin(inputs, outputs, RequestOptions.of(options, **fields), False)
         try:
             return await run.future  # type: ignore[misc]
         except asyncio.CancelledError:
@@ -175,15 +166,12 @@ class Executor:
         self,
         inputs: dict[str, Any],
         outputs: list[str] | None = None,
-        *,
-        request_id: str | None = None,
-        priority: int | None = None,
-        timeout_s: float | None = None,
-        trace: bool = False,
+        options: RequestOptions | None = None,
+        **fields: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Run one request, yielding deltas of streamed outputs as they come, then the final
-        event. Leaving the loop early cancels the request."""
-        run = self._begin(inputs, outputs, request_id, priority, timeout_s, trace, True)
+        event. Leaving the loop early cancels the request. Options as for `submit`."""
+        run = self._begin(inputs, outputs, RequestOptions.of(options, **fields), True)
         events = run.events
         assert events is not None
         try:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DeadlineExceeded, InvalidInput, NodeError, RequestError, Unavailable
+from engine.options import RequestOptions
 from engine.result import NodeTrace, Result, StreamEvent
 from engine.runner import Runner, Ticket, WorkItem
 from engine.schedule import Schedule
@@ -59,7 +60,7 @@ class Launches:
 
 class RequestRun(Ticket):
     """The state of one request; every method runs on `loop`. `runners` maps each node of the
-    schedule to its runner."""
+    schedule to its runner; `options` is how the client asked for it (engine/options.py)."""
 
     __slots__ = (
         "active",
@@ -68,6 +69,7 @@ class RequestRun(Ticket):
         "finished",
         "future",
         "launched",
+        "options",
         "pending",
         "priority",
         "refcounts",
@@ -87,20 +89,18 @@ class RequestRun(Ticket):
         schedule: Schedule,
         runners: Mapping[str, Runner],
         loop: asyncio.AbstractEventLoop,
-        request_id: str,
-        priority: int,
-        timeout_s: float | None,
-        tracing: bool,
+        options: RequestOptions,
         streaming: bool,
     ):
         super().__init__(loop)
         self.schedule = schedule
         self.runners = runners
-        self.request_id = request_id
-        self.priority = priority
-        self.timeout_s = timeout_s
+        self.options = options
+        self.request_id = options.request_id
+        self.priority = options.priority
+        timeout_s = self.timeout_s = options.timeout_s
         self.deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9) if timeout_s else 0
-        self.tracing = tracing
+        tracing = self.tracing = options.trace
         self.trace: list[NodeTrace] = []
         self.launched: dict[str, int] | None = {} if tracing else None  # node: monotonic ns
         self.values: dict[str, np.ndarray] = {}

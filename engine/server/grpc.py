@@ -12,6 +12,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from engine.errors import InvalidInput, RequestError
+from engine.options import RequestOptions
 from engine.server import describe, tensors
 from engine.server.auth import ApiKey
 from engine.server.kserve_body import NOT_SUPPORTED
@@ -59,10 +60,13 @@ def encode_outputs(
         response.raw_output_contents.append(tensors.to_raw(array))
 
 
-def request_options(request: pb.ModelInferRequest, *, streaming: bool = False) -> dict:
-    """priority and timeout (microseconds, as Triton) from the request parameters. A parameter
-    pipectl does not honour, or one of the wrong type, is refused by name."""
-    options: dict = {"priority": None, "timeout_s": None}
+def request_options(
+    request: pb.ModelInferRequest, *, streaming: bool = False, traceparent: str | None = None
+) -> RequestOptions:
+    """The request's id, and priority and timeout (microseconds, as Triton) from its
+    parameters. A parameter pipectl does not honour, or one of the wrong type, is refused by
+    name."""
+    options: dict = {"request_id": request.id, "traceparent": traceparent}
     allowed = {"priority", "timeout"} | (
         {"triton_enable_empty_final_response"} if streaming else set()
     )
@@ -93,7 +97,7 @@ def request_options(request: pb.ModelInferRequest, *, streaming: bool = False) -
             for key in tensor.parameters:
                 reason = NOT_SUPPORTED.get(key, "unknown parameter")
                 raise InvalidInput(f"{kind} {tensor.name!r}: parameter {key!r}: {reason}")
-    return options
+    return RequestOptions.of(**options)
 
 
 def _requested(request: pb.ModelInferRequest) -> list[str] | None:
@@ -117,6 +121,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, repo: Repository):
         self.repo = repo
+
+    def _traceparent(self, context) -> str | None:
+        """The client's W3C trace context, when a tracer reads it."""
+        return _traceparent(context) if self.repo.propagate else None
 
     async def _abort(self, context, exc: RequestError):
         code = getattr(grpc.StatusCode, exc.status, grpc.StatusCode.INTERNAL)
@@ -188,9 +196,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 decode_inputs(request),
                 _requested(request),
                 version=request.model_version,
-                request_id=request.id,
-                traceparent=_traceparent(context) if self.repo.propagate else None,
-                **request_options(request),
+                options=request_options(request, traceparent=self._traceparent(context)),
             )
         except RequestError as exc:
             await self._abort(context, exc)
@@ -224,9 +230,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     decode_inputs(request),
                     _requested(request),
                     version=request.model_version,
-                    request_id=request.id,
-                    traceparent=_traceparent(context) if self.repo.propagate else None,
-                    **request_options(request, streaming=True),
+                    options=request_options(
+                        request, streaming=True, traceparent=self._traceparent(context)
+                    ),
                 )
                 async with contextlib.aclosing(events):  # a dropped stream frees its work now
                     async for outputs, final in events:

@@ -13,6 +13,7 @@ import numpy as np
 from aiohttp import web
 
 from engine.errors import InvalidInput, RequestError
+from engine.options import RequestOptions
 from engine.server import describe, kserve_body, tensors
 from engine.server.model_control import model_control
 from engine.server.repository import READY, Repository, ServedModel
@@ -63,10 +64,12 @@ async def errors_middleware(request: web.Request, handler):
         )
 
 
-def options(params: dict | None) -> dict:
-    """priority and timeout (microseconds, as Triton) from request parameters; any other
-    parameter is refused by name."""
-    return kserve_body.parse_parameters(params).options()
+def options(request: web.Request, request_id: str, params: Any) -> RequestOptions:
+    """The request's options: its id, priority and timeout (microseconds, as Triton) from its
+    parameters (any other parameter is refused by name), and the W3C traceparent header."""
+    if not isinstance(params, kserve_body.RequestParameters):
+        params = kserve_body.parse_parameters(params)
+    return params.options(request_id, request.headers.get("traceparent"))
 
 
 def loads(raw: bytes) -> Any:
@@ -251,9 +254,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             decode_inputs(body, binary),
             wanted,
             version=request.match_info.get("version", ""),
-            request_id=body.id or "",
-            traceparent=request.headers.get("traceparent"),
-            **params.options(),
+            options=options(request, body.id or "", params),
         )
         return encode_response(model, outputs, body)
 
@@ -264,9 +265,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             model.name,
             generate_inputs(model, body),
             version=request.match_info.get("version", ""),
-            request_id=body.get("id", ""),
-            traceparent=request.headers.get("traceparent"),
-            **options(body.get("parameters")),
+            options=options(request, body.get("id", ""), body.get("parameters")),
         )
         return web.json_response(
             {"model_name": model.name, "model_version": model.version} | generate_outputs(outputs)
@@ -279,9 +278,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             model.name,
             generate_inputs(model, body),
             version=request.match_info.get("version", ""),
-            request_id=body.get("id", ""),
-            traceparent=request.headers.get("traceparent"),
-            **options(body.get("parameters")),
+            options=options(request, body.get("id", ""), body.get("parameters")),
         )
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import InvalidInput
+from engine.options import RequestOptions
 
 NOT_SUPPORTED = {
     "shared_memory_region": "shared memory is not supported; send the data in the request",
@@ -64,12 +65,14 @@ class RequestParameters(_Strict):
     timeout: Count | None = None
     binary_data_output: bool | None = None
 
-    def options(self) -> dict:
-        """Keyword arguments of Repository.infer / stream."""
-        return {
-            "priority": self.priority or None,
-            "timeout_s": self.timeout / 1e6 if self.timeout else None,
-        }
+    def options(self, request_id: str = "", traceparent: str | None = None) -> RequestOptions:
+        """The RequestOptions of Repository.infer / stream."""
+        return RequestOptions.of(
+            request_id=request_id,
+            priority=self.priority or None,
+            timeout_s=self.timeout / 1e6 if self.timeout else None,
+            traceparent=traceparent,
+        )
 
 
 class InferRequest(_Strict):

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from engine.errors import Unavailable
 from engine.plan import PIPELINE_INPUT, Plan, Source
 from nodes.base import TensorSpec
+
+if TYPE_CHECKING:  # the executor pulls in the node machinery: imported late where it runs
+    from engine.executor import Executor
 
 LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"
 
@@ -69,7 +73,7 @@ class ServedModel:
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     streamed: frozenset[str]
-    executor: object | None = None
+    executor: Executor | None = None
     state: str = LOADING
     reason: str = ""
     stats: ModelStats = field(default_factory=ModelStats)
@@ -100,14 +104,14 @@ class ServedModel:
         ]
 
 
-def new_executor(plan: Plan):
+def new_executor(plan: Plan) -> Executor:
     """An Executor for `plan` (imported late: the executor pulls in the node machinery)."""
     from engine.executor import Executor
 
     return Executor(plan)
 
 
-def shared_executor(parent, plan: Plan):
+def shared_executor(parent: Executor | None, plan: Plan) -> Executor:
     """An executor for the sub-plan `plan` that runs on `parent`'s loaded instances (nothing is
     loaded twice; see Executor.view)."""
     if parent is None:

@@ -11,16 +11,21 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from engine.errors import InvalidInput, NodeError, NotFound, RequestError, Unavailable
+from engine.options import RequestOptions
 from engine.plan import Plan
 from engine.result import Result
 from engine.server.model import LOADING, READY, UNAVAILABLE, ServedModel, shared_executor
 from engine.server.traces import RequestTracer, TracedRequest
 from engine.server.versions import PipelineVersion, build_version
+
+if TYPE_CHECKING:
+    from engine.executor import Executor
 
 log = logging.getLogger("pipectl.server")
 
@@ -125,7 +130,7 @@ class Repository:
             raise Unavailable(f"model {name!r} is {model.state.lower()}{why}")
         return model
 
-    def _executor(self, model: ServedModel):
+    def _executor(self, model: ServedModel) -> Executor:
         if model.executor is not None:
             return model.executor
         with self._node_lock:  # node models: made on first use, on the pipeline's instances
@@ -187,13 +192,14 @@ class Repository:
         outputs: list[str] | None = None,
         *,
         version: str = "",
-        request_id: str = "",
-        priority: int | None = None,
-        timeout_s: float | None = None,
-        traceparent: str | None = None,
+        options: RequestOptions | None = None,
+        **fields: Any,
     ) -> dict[str, np.ndarray]:
         """Run one client request (inputs with a batch dimension); returns batched outputs.
-        `traceparent` is the client's W3C trace context, handed to the tracers."""
+        `options` (or its fields as keywords, engine/options.py) travel to every item's request;
+        its `traceparent` is handed to the tracers."""
+        options = RequestOptions.of(options, **fields)
+        request_id, traceparent = options.request_id, options.traceparent
         model = self.serving(name, version)
         self._enter(model)  # before any await: a reload waits for it before stopping its version
         try:
@@ -204,12 +210,11 @@ class Repository:
             raise
         wanted = list(outputs) if outputs else list(model.outputs)
         traced = bool(self.tracers) and self._wants(model, traceparent)
-        kwargs = {"priority": priority, "timeout_s": timeout_s, "trace": traced}
+        options = replace(options, trace=traced)
         started = time.monotonic_ns()
         try:
-            ids = [request_id if batch == 1 else f"{request_id}/{i}" for i in range(batch)]
             calls = [
-                executor.submit({k: v[i] for k, v in inputs.items()}, wanted, request_id=ids[i] or None, **kwargs)
+                executor.submit({k: v[i] for k, v in inputs.items()}, wanted, options.for_item(i, batch))
                 for i in range(batch)
             ]  # fmt: skip
             results = await _all(calls)
@@ -233,18 +238,17 @@ class Repository:
         outputs: list[str] | None = None,
         *,
         version: str = "",
-        request_id: str = "",
-        priority: int | None = None,
-        timeout_s: float | None = None,
-        traceparent: str | None = None,
+        options: RequestOptions | None = None,
+        **fields: Any,
     ) -> AsyncIterator[tuple[dict[str, np.ndarray], bool]]:
-        """Stream one request (batch size 1): yields (delta outputs with batch dim, final)."""
+        """Stream one request (batch size 1): yields (delta outputs with batch dim, final).
+        Options as for `infer`."""
+        options = RequestOptions.of(options, **fields)
+        request_id, traceparent = options.request_id, options.traceparent
         model = self.serving(name, version)
         batch = self.check_request(model, inputs, outputs)
         if not model.decoupled:
-            out = await self.infer(name, inputs, outputs, version=version, request_id=request_id,
-                                   priority=priority, timeout_s=timeout_s,
-                                   traceparent=traceparent)  # fmt: skip
+            out = await self.infer(name, inputs, outputs, version=version, options=options)
             yield out, True
             return
         if batch != 1:
@@ -262,10 +266,7 @@ class Repository:
         ok = False
         results: list[Result] = []
         try:
-            async for event in executor.stream(
-                item, wanted, request_id=request_id or None, priority=priority,
-                timeout_s=timeout_s, trace=traced,
-            ):  # fmt: skip
+            async for event in executor.stream(item, wanted, replace(options, trace=traced)):
                 if event.final and event.result is not None:
                     results.append(event.result)
                 yield {k: v[np.newaxis] for k, v in event.outputs.items()}, event.final
@@ -317,7 +318,7 @@ class Repository:
             except Exception as exc:  # noqa: BLE001 - observability must not break serving
                 log.warning("tracer %s failed: %s", type(tracer).__name__, exc)
 
-    async def _executor_async(self, model: ServedModel):
+    async def _executor_async(self, model: ServedModel) -> Executor:
         if model.executor is not None:
             return model.executor
         return await asyncio.get_running_loop().run_in_executor(None, self._executor, model)

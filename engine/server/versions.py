@@ -13,6 +13,7 @@ import ctypes
 import gc
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.plan import Plan
 from engine.server.model import (
@@ -23,6 +24,9 @@ from engine.server.model import (
     new_executor,
     node_plan,
 )
+
+if TYPE_CHECKING:
+    from engine.executor import Executor
 
 UNLOADING = "UNLOADING"
 
@@ -37,7 +41,7 @@ class PipelineVersion:
     models: dict[str, ServedModel]
     source: str = ""  # the file it was compiled from ("" for files named on the command line)
     stamp: tuple = ()  # that file's (mtime_ns, size, sha256) when compiled: poll compares it
-    executor: object | None = None
+    executor: Executor | None = None
     state: str = LOADING
     reason: str = ""
     inflight: int = 0

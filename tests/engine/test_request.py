@@ -16,6 +16,7 @@ import pytest
 from engine.batcher import Batcher
 from engine.compiler import compile_file
 from engine.errors import InvalidInput, NodeError
+from engine.options import RequestOptions
 from engine.placement import GIB, Device
 from engine.request import Launches, RequestRun
 from engine.runner import Done, Runner
@@ -86,9 +87,8 @@ def run(plan, runners, inputs, outputs=None, *, streaming=False, request_id="r1"
 
     async def main():
         loop = asyncio.get_running_loop()
-        request = RequestRun(
-            Schedule(plan, outputs), runners, loop, request_id, 0, None, True, streaming
-        )
+        options = RequestOptions(request_id=request_id, trace=True)
+        request = RequestRun(Schedule(plan, outputs), runners, loop, options, streaming)
         request.begin(inputs)
         if not streaming:
             return await request.future
