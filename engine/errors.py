@@ -1,10 +1,11 @@
 """The error tree of pipectl. Every error a user sees is one of these.
 
-    PipelineError                 base; carries an optional place (file:line, node, input)
+    PipelineError                 base (defined in nodes/errors.py so nodes/ can raise it too)
     ├── SpecError                 the pipeline file does not parse or fails its schema
     ├── GraphError                the graph is wrong: unknown node or port, cycle, type mismatch
     ├── PlacementError            instances do not fit on the devices (with the numbers)
     ├── NotASubPlan               Executor.view was given a plan with nodes its parent lacks
+    ├── UnknownKind               no node kind by that name; lists the kinds (nodes/registry.py)
     └── RequestError              a request is wrong or cannot be served
         ├── InvalidInput          wrong dtype, shape or missing input (names the input and node);
         │                         also what a node's nodes.errors.InvalidRequest becomes
@@ -20,7 +21,13 @@ Problems found by checks are collected as `Issue` records; `SpecError`/`GraphErr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from nodes.errors import PipelineError
+from nodes.registry import UnknownKind
+
+__all__ = ["PipelineError", "UnknownKind"]  # defined under nodes/, which cannot import engine/
 
 
 @dataclass(frozen=True)
@@ -51,9 +58,6 @@ class Issue:
             "severity": self.severity,
         }
 
-
-class PipelineError(Exception):
-    """Base of every pipectl error."""
 
 
 class _IssuesError(PipelineError):
@@ -91,6 +95,14 @@ class RequestError(PipelineError):
 
 class InvalidInput(RequestError):
     status = "INVALID_ARGUMENT"
+
+    @classmethod
+    def unknown_input(cls, name: str, inputs: Iterable[str], model: str = "") -> InvalidInput:
+        """A request names input `name`, which its pipeline (or served `model`) lacks."""
+        known = ", ".join(inputs) or "(none)"
+        if model:
+            return cls(f"model {model!r} has no input {name!r}; inputs: {known}")
+        return cls(f"unknown input {name!r}; inputs: {known}")
 
 
 class NotFound(RequestError):

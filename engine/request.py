@@ -121,8 +121,7 @@ class RequestRun(Ticket):
         schedule = self.schedule
         unknown = [name for name in inputs if name not in schedule.pipeline_inputs]
         if unknown:
-            known = ", ".join(schedule.pipeline_inputs)
-            raise InvalidInput(f"unknown input {unknown[0]!r}; inputs: {known}")
+            raise InvalidInput.unknown_input(unknown[0], schedule.pipeline_inputs)
         ready: list[str] = list(schedule.roots)
         for name, spec in schedule.inputs.items():
             value = inputs.get(name)

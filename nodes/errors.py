@@ -1,4 +1,9 @@
-"""The one exception a node raises when the *request* is wrong, not the node.
+"""The root of pipectl's error tree, and the one exception a node raises when the *request* is
+wrong, not the node.
+
+`PipelineError` is defined here, at the bottom of the house, so that `nodes/` can raise errors of
+the tree (`nodes.registry.UnknownKind`) without importing `engine/`; `engine/errors.py` re-exports
+it and documents the whole tree.
 
 Nodes know nothing of the engine (they must not import engine/), so the engine's error tree cannot
 be raised from here. A node that finds a bad value in a request (an LLM `max_tokens` of 0, a
@@ -9,6 +14,10 @@ Anything else a node raises is the node's fault (HTTP 500 / gRPC INTERNAL).
 """
 
 from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every pipectl error (the tree: engine/errors.py)."""
 
 
 class InvalidRequest(ValueError):

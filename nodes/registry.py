@@ -6,6 +6,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from nodes.base import Node
+from nodes.errors import PipelineError
 
 # kind name → "module:Class"; imported lazily so that `pipectl validate` stays fast.
 BUILTIN_KINDS: dict[str, str] = {
@@ -20,7 +21,7 @@ BUILTIN_KINDS: dict[str, str] = {
 _registered: dict[str, type[Node]] = {}
 
 
-class UnknownKind(LookupError):
+class UnknownKind(PipelineError, LookupError):
     """No node kind by that name; the message lists the kinds that exist."""
 
 

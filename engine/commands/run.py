@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from engine.commands.compiling import compile_or_report
-from engine.errors import PipelineError, RequestError
+from engine.errors import InvalidInput, PipelineError, RequestError
 from engine.plan import Plan
 from engine.result import NodeTrace, Result
 from engine.tensors import coerce_input, to_jsonable
@@ -136,7 +136,7 @@ def parse_value(spec: TensorSpec, text: str) -> Any:
 
 def _input_spec(plan: Plan, name: str) -> TensorSpec:
     if name not in plan.inputs:
-        raise ValueError(f"unknown input {name!r}; inputs: {', '.join(plan.inputs) or '(none)'}")
+        raise InvalidInput.unknown_input(name, plan.inputs)
     return plan.inputs[name]
 
 

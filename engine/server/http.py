@@ -168,9 +168,7 @@ def generate_inputs(model: ServedModel, body: dict) -> dict[str, np.ndarray]:
             continue
         spec = model.inputs.get(name)
         if spec is None:
-            raise InvalidInput(
-                f"model {model.name!r} has no input {name!r}; inputs: {', '.join(model.inputs)}"
-            )
+            raise InvalidInput.unknown_input(name, model.inputs, model.name)
         flat = tensors.flatten(value if isinstance(value, list) else [value])
         shape = [d if d != -1 else 1 for d in spec.shape]
         if -1 in spec.shape:

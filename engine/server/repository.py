@@ -147,9 +147,7 @@ class Repository:
 
         for name in inputs:
             if name not in model.inputs:
-                raise InvalidInput(
-                    f"model {model.name!r} has no input {name!r}; inputs: {', '.join(model.inputs)}"
-                )
+                raise InvalidInput.unknown_input(name, model.inputs, model.name)
         missing = [n for n, s in model.inputs.items() if n not in inputs and not s.optional]
         if missing:
             raise InvalidInput(
