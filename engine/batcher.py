@@ -12,6 +12,7 @@ event-loop handoff per batch).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from pathlib import Path
 from engine.errors import (
     DeadlineExceeded,
     InvalidInput,
+    NodeError,
     QueueFull,
     RequestError,
     Unavailable,
@@ -27,10 +29,13 @@ from engine.errors import (
 )
 from engine.instance import Instance, instances_for
 from engine.plan import BatchPolicy, NodePlan
+from engine.queue_timer import QueueTimer
 from engine.runner import Done, OnDone, OnLoaded, Ticket, WorkItem
 from engine.samples import RecentSamples
 
 __all__ = ["Batcher", "Done", "Ticket", "WorkItem"]
+log = logging.getLogger("pipectl.batcher")
+_RECHECK_NS = 20_000_000  # a request past its deadline not yet cancelled: look again then
 
 
 class Batcher:
@@ -61,9 +66,15 @@ class Batcher:
             if preferred
             else (self.policy.max_batch_size)
         )
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._timer = QueueTimer(self.name, lock, self._expire_due)
+        self._timeout_ns = int(self.policy.timeout_ms * 1e6)
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self._up = [False] * len(self._instances)  # instance workers serving now
+        self._in_hand: dict[int, list[WorkItem]] = {}  # the batch each instance computes
+        self._loaded_once = False
         self._loaded = threading.Semaphore(0)
         self._load_errors: list[BaseException] = []
         self._stats_lock = threading.Lock()
@@ -74,6 +85,7 @@ class Batcher:
             "expired": 0,
             "rejected": 0,
             "invalid": 0,
+            "restarts": 0,
             "batches": 0,
             "queue_ns": 0,
             "compute_ns": 0,
@@ -100,6 +112,7 @@ class Batcher:
             self._loaded.acquire()
         if self._load_errors:
             raise Unavailable.load_failed(self.name, self.node_plan.kind, self._load_errors[0])
+        self._loaded_once = True
 
     def stop(self, drain: bool = True) -> None:
         """Stop the workers: finish what is queued (drain) or reject it as Unavailable."""
@@ -114,7 +127,8 @@ class Batcher:
             self._cond.notify_all()
         if dropped:
             self._on_done([self._failed(it, Unavailable.stopping(self.name)) for it in dropped])
-        for thread in self._threads:
+        self._timer.stop()
+        for thread in list(self._threads):
             if thread is not threading.current_thread():
                 thread.join()
 
@@ -129,6 +143,10 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise Unavailable.stopping(self.name)
+            if not any(self._up) and self._threads and self._loaded_once:
+                raise Unavailable(
+                    f"node {self.name!r} has no live instance (restarting)", node=self.name
+                )
             for item in items:
                 if limit and self._size >= limit:
                     rejected.append(item)
@@ -137,6 +155,9 @@ class Batcher:
                 level = min(max(item.priority or default, 1), self._levels)
                 self._queues[level - 1].append(item)
                 self._size += 1
+                due = self._due_ns(item)
+                if due:
+                    self._timer.note(due)
             if self._idle or self._size >= self._wake_size:
                 self._cond.notify()
         if rejected:
@@ -150,6 +171,55 @@ class Batcher:
 
     def queued(self) -> int:
         return self._size
+
+    def _due_ns(self, item: WorkItem) -> int:
+        """When a queued item must be rejected: its request's deadline or the node's
+        timeout_ms after it was queued, whichever is first (0: never)."""
+        due = item.enqueued_ns + self._timeout_ns if self._timeout_ns else 0
+        if item.deadline_ns and (not due or item.deadline_ns < due):
+            due = item.deadline_ns
+        return due
+
+    def _expired_error(self, item: WorkItem, now: int) -> DeadlineExceeded | None:
+        """The error of an item past its deadline or the node's timeout_ms (None: not due)."""
+        if item.deadline_ns and now >= item.deadline_ns:
+            error = f"request {item.request_id!r} passed its deadline before node {self.name!r}"
+            return DeadlineExceeded(error, node=self.name)
+        if self._timeout_ns and now - item.enqueued_ns >= self._timeout_ns:
+            waited_ms = (now - item.enqueued_ns) / 1e6
+            error = (
+                f"request {item.request_id!r} waited {waited_ms:.1f} ms in the queue of node "
+                f"{self.name!r} (timeout_ms={self.policy.timeout_ms:g})"
+            )
+            return DeadlineExceeded(error, node=self.name)
+        return None
+
+    def _expire_due(self, now: int) -> None:
+        """The queue timer's call: fail every queued item past the node's timeout_ms, and take
+        out the items of cancelled requests (a request past its own deadline is cancelled by
+        its own timer, RequestRun.expire; until then its item stays and is looked at again)."""
+        done: list[Done] = []
+        cancelled = 0
+        with self._cond:
+            for queue in self._queues:
+                keep: deque[WorkItem] = deque()
+                for item in queue:
+                    if item.ticket.cancelled:
+                        cancelled += 1
+                    elif self._timeout_ns and now - item.enqueued_ns >= self._timeout_ns:
+                        error = self._expired_error(item, now)
+                        done.append(self._failed(item, error, now - item.enqueued_ns))  # type: ignore[arg-type]
+                    else:
+                        if item.deadline_ns and now >= item.deadline_ns:
+                            self._timer.note(now + _RECHECK_NS)
+                        keep.append(item)
+                queue.clear()
+                queue.extend(keep)
+            self._size = sum(len(q) for q in self._queues)
+        if done or cancelled:
+            self._record(done, cancelled, 0, 0)
+        if done:
+            self._on_done(done)
 
     def _wait_for_batch(self) -> list[WorkItem] | None:
         """Block until a batch is due and take it (None: stopped and empty). The only place
@@ -196,46 +266,96 @@ class Batcher:
         return batch
 
     # ---- workers ---------------------------------------------------------------------------
-    def _worker(self, instance: Instance, on_loaded: OnLoaded | None, index: int = 0) -> None:
+    def _worker(
+        self, instance: Instance, on_loaded: OnLoaded | None, index: int = 0, restart: bool = False
+    ) -> None:
+        """Load the instance, then serve batches until stopped. Anything that escapes (only
+        KeyboardInterrupt does: _compute contains the rest) loses the thread: its batch fails
+        naming the node, and a new thread reloads the instance (see `_lost`)."""
         try:
             instance.load()
-        except BaseException as exc:  # noqa: BLE001 - reported by wait_loaded()
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_loaded() / the log
+            if restart:
+                log.error("node %r instance %d failed to reload: %r", self.name, index, exc)
+                return
             self._load_errors.append(exc)
             self._loaded.release()
             return
-        if on_loaded is not None:
-            on_loaded()
-        self._loaded.release()
+        self._up[index] = True
+        if not restart:
+            if on_loaded is not None:
+                on_loaded()
+            self._loaded.release()
+        lost: BaseException | None = None
         try:
             while (batch := self._wait_for_batch()) is not None:
+                self._in_hand[index] = batch
                 done = self._run(instance, batch, index)
+                self._in_hand.pop(index, None)
                 del batch  # an idle worker must not keep its last batch's tensors alive
                 if done:
                     self._on_done(done)
                 del done
+        except BaseException as exc:  # noqa: BLE001 - the thread is lost: restarted below
+            lost = exc
         finally:
-            instance.close()
+            self._up[index] = False
+            try:
+                instance.close()
+            except Exception:  # a broken instance may not close cleanly
+                log.exception("node %r instance %d did not close", self.name, index)
+        if lost is not None and not self._stopping:
+            self._lost(instance, index, lost)
+
+    def _lost(self, instance: Instance, index: int, exc: BaseException) -> None:
+        """An instance's thread died: fail the batch it held (and, with no instance left, the
+        queue), then start a new thread that reloads the instance."""
+        why = f"{type(exc).__name__}: {exc}"
+        log.error("node %r instance %d lost (%s); restarting it", self.name, index, why)
+        done = [
+            self._failed(item, NodeError(
+                f"node {self.name!r} instance {index} was lost while computing request "
+                f"{item.request_id!r} ({why}); it is being restarted", node=self.name))
+            for item in self._in_hand.pop(index, [])
+        ]  # fmt: skip
+        if not any(self._up):
+            with self._cond:
+                queued = [item for queue in self._queues for item in queue]
+                for queue in self._queues:
+                    queue.clear()
+                self._size = 0
+            error = f"node {self.name!r} has no live instance (restarting)"
+            done += [self._failed(it, Unavailable(error, node=self.name)) for it in queued]
+        with self._stats_lock:
+            self._stats["restarts"] += 1
+            self._stats["failure"] += len(done)
+        if done:
+            self._on_done(done)
+        thread = threading.Thread(
+            target=self._worker,
+            args=(instance, None, index, True),
+            name=f"pipectl-{self.name}-{index}",
+            daemon=True,
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        """Every instance is serving (False while one is lost and reloading)."""
+        return all(self._up)
 
     def _run(self, instance: Instance, batch: list[WorkItem], index: int = 0) -> list[Done]:
         """Drop cancelled items, reject expired ones, compute the rest with failure isolation."""
         now = time.monotonic_ns()
-        timeout_ns = int(self.policy.timeout_ms * 1e6)
         live: list[WorkItem] = []
         done: list[Done] = []
         cancelled = 0
         for item in batch:
             if item.ticket.cancelled:
                 cancelled += 1
-            elif item.deadline_ns and now >= item.deadline_ns:
-                error = f"request {item.request_id!r} passed its deadline before node {self.name!r}"
-                done.append(self._failed(item, DeadlineExceeded(error, node=self.name)))
-            elif timeout_ns and now - item.enqueued_ns >= timeout_ns:
-                waited_ms = (now - item.enqueued_ns) / 1e6
-                error = (
-                    f"request {item.request_id!r} waited {waited_ms:.1f} ms in the queue of node "
-                    f"{self.name!r} (timeout_ms={self.policy.timeout_ms:g})"
-                )
-                done.append(self._failed(item, DeadlineExceeded(error, node=self.name)))
+            elif (error := self._expired_error(item, now)) is not None:
+                done.append(self._failed(item, error))
             else:
                 live.append(item)
         compute_ns = 0
@@ -256,7 +376,9 @@ class Batcher:
                 raise ValueError(
                     f"run_batch returned {len(outputs)} results for {len(items)} items"
                 )
-        except Exception as exc:  # noqa: BLE001 - a node failure fails only its item
+        except BaseException as exc:  # SystemExit too: a node failure fails only its item
+            if isinstance(exc, KeyboardInterrupt):
+                raise  # the one thing not contained: the instance's thread is lost (restarted)
             if len(items) > 1:  # bisect so that only the failing item fails
                 half = len(items) // 2
                 return self._compute(instance, items[:half], dispatched_ns, index) + self._compute(
@@ -303,5 +425,6 @@ class Batcher:
             stats = dict(self._stats)
             stats["batch_sizes"] = dict(sorted(self._histogram.items()))
         stats["queued"] = self._size
-        stats["instances"] = len(self._threads)
+        stats["instances"] = len(self._instances)
+        stats["instances_up"] = sum(self._up)
         return stats

@@ -231,6 +231,11 @@ class Executor:
         launches.flush()
 
     # ---- statistics --------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        """Every node's instances are serving (False while a lost instance reloads)."""
+        return all(getattr(r, "healthy", True) for r in self.runners.values())
+
     def recent(self, name: str) -> RecentSamples | None:
         """The window of node `name`'s latest items (None for a node not running)."""
         runner = self.runners.get(name)

@@ -117,7 +117,9 @@ class Streamer:
                         chunks.append(delta[port])
                 last = delta
                 item.ticket.delta(self.name, delta)
-        except Exception as exc:  # noqa: BLE001 - a node failure fails its request
+        except BaseException as exc:  # SystemExit too: it fails its request only
+            if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+                raise  # a cancelled request (or a real Ctrl-C) is not the node's failure
             error = node_failure(self.name, item.request_id, exc)
             self._count("invalid" if isinstance(error, InvalidInput) else "failure", 0)
             self._on_done([Done(item, None, error, 0, 0, 0)])

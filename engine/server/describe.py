@@ -166,6 +166,9 @@ def node_statistics(repo: Repository, model: ServedModel) -> dict:
             sizes[int(size)] = count
     total["batch_sizes"] = sizes
     total["queued"] = int(stats.get("queued", 0)) if stats else 0
+    placed = len(model.plan.nodes[model.node].instances)
+    total["instances_up"] = int(stats.get("instances_up", placed)) if stats else 0
+    total["restarts"] = int(stats.get("restarts", 0)) if stats else 0
     # a streaming node's own numbers (e.g. the LLM engine's gauges), under its kind name
     own = stats.get(model.plan.nodes[model.node].kind) if stats else None
     total["own"] = own if isinstance(own, dict) else {}

@@ -41,6 +41,13 @@ class PipelineCollector:
         }  # fmt: skip
         hist = HistogramMetricFamily("pipectl_node_batch_size", "items per batch", labels=labels)
         queued = GaugeMetricFamily("pipectl_node_queued", "items waiting now", labels=labels)
+        up = GaugeMetricFamily(
+            "pipectl_node_instances_up", "instances serving now (below the placed count while "
+            "a lost instance reloads)", labels=labels,
+        )  # fmt: skip
+        restarts = CounterMetricFamily(
+            "pipectl_node_instance_restarts", "instances lost and restarted", labels=labels
+        )
         req = {
             "ok": CounterMetricFamily("pipectl_requests_success", "requests answered", labels=["model"]),
             "fail": CounterMetricFamily("pipectl_requests_failure", "requests failed", labels=["model"]),
@@ -67,6 +74,8 @@ class PipelineCollector:
             buckets.append(("+Inf", sum(sizes.values())))
             hist.add_metric(key, buckets, sum(size * n for size, n in sizes.items()))
             queued.add_metric(key, s["queued"])
+            up.add_metric(key, s["instances_up"])
+            restarts.add_metric(key, s["restarts"])
             kind = model.plan.nodes[model.node].kind
             for name, value in (s["own"] or {}).items():
                 if not isinstance(value, int | float):
@@ -80,6 +89,8 @@ class PipelineCollector:
         yield from c.values()
         yield hist
         yield queued
+        yield up
+        yield restarts
         yield from req.values()
         yield from gauges.values()
 

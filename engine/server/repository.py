@@ -103,7 +103,11 @@ class Repository:
             and not self.draining
             and (bool(self.models) or self.control is not None)
             and all(m.state == READY for m in self.models.values())
-        )
+            and all(
+                m.executor.healthy for m in self.models.values()
+                if m.node is None and m.executor is not None
+            )
+        )  # fmt: skip
 
     def get(self, name: str, version: str = "") -> ServedModel:
         """The model called `name` (at `version`; its default version when ""); NotFound lists

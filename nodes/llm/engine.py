@@ -261,7 +261,9 @@ class LLMEngine:
                 continue
             try:
                 deltas = self.step()
-            except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving
+            except BaseException as exc:  # SystemExit too: fail the requests in flight
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
                 deltas = self._fail_all(exc)
             for delta in deltas:
                 sink = self._sinks.pop(delta.request_id, None) if delta.finished else None
@@ -269,7 +271,7 @@ class LLMEngine:
                 if sink is not None:
                     sink(delta)
 
-    def _fail_all(self, exc: Exception) -> list[Delta]:
+    def _fail_all(self, exc: BaseException) -> list[Delta]:
         deltas = []
         for seq in list(self._seqs.values()):
             self.scheduler.finish(seq, "error")
