@@ -96,8 +96,11 @@ async def capacity(server: LiveServer, seconds: float, clients: int = 16) -> flo
     return done / (time.monotonic() - start)
 
 
-async def open_loop(server: LiveServer, rate: float, seconds: float) -> list[tuple[str, float]]:
-    """Send at `rate` req/s for `seconds` whatever the answers; every outcome."""
+async def open_loop(
+    server: LiveServer, rate: float, seconds: float, patience_s: float
+) -> list[tuple[str, float]]:
+    """Send at `rate` req/s for `seconds` whatever the answers; every outcome (lost: no answer
+    within `patience_s`)."""
     url = f"{server.http}/v2/models/search/infer"
     tasks = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -107,7 +110,7 @@ async def open_loop(server: LiveServer, rate: float, seconds: float) -> list[tup
             due = i / rate
             if due > now:
                 await asyncio.sleep(due - now)
-            tasks.append(asyncio.create_task(_one(session, url, search_body(i), 30)))
+            tasks.append(asyncio.create_task(_one(session, url, search_body(i), patience_s)))
             i += 1
         sent_s = time.monotonic() - start
         results = await asyncio.gather(*tasks)
@@ -120,7 +123,7 @@ def overload(args, tmp: Path) -> None:
     try:
         cap = asyncio.run(capacity(server, args.capacity_s))
         row("overload", "capacity, 16 closed-loop clients (req/s)", f"{cap:.0f}")
-        results = asyncio.run(open_loop(server, 4 * cap, args.overload_s))
+        results = asyncio.run(open_loop(server, 4 * cap, args.overload_s, args.patience_s))
         kinds = [k for k, _ in results]
         rejected = [s for k, s in results if k == "rejected"]
         row("overload", f"offered 4x capacity for {args.overload_s:g} s", f"{4 * cap:.0f} req/s")
@@ -129,7 +132,9 @@ def overload(args, tmp: Path) -> None:
             f"{len(rejected)} ({p99(rejected) * 1e3:.1f})")  # fmt: skip
         other = sorted({k for k in kinds if k.startswith("error")})
         row("overload", "other errors", f"{sum(k.startswith('error') for k in kinds)} {other}")
-        row("overload", "lost (never answered)", kinds.count("lost"))
+        row("overload", f"lost (no answer within {args.patience_s:g} s)", kinds.count("lost"))
+        answered = [t for k, t in results if k != "lost"]
+        row("overload", "slowest answer (s)", f"{max(answered, default=0):.1f}")
     finally:
         server.stop()
 
@@ -235,6 +240,7 @@ def main() -> int:
     parser.add_argument("--max-queue-size", type=int, default=64)
     parser.add_argument("--capacity-s", type=float, default=10)
     parser.add_argument("--overload-s", type=float, default=60)
+    parser.add_argument("--patience-s", type=float, default=120, help="overload client timeout")
     parser.add_argument("--streams", type=int, default=1000, help="streamed chats to cancel")
     parser.add_argument("--leavers", type=int, default=200, help="unary chats whose client leaves")
     parser.add_argument("--soak-s", type=float, default=600)
