@@ -34,6 +34,7 @@ def model_spec(
     dtype: str | None = None,
     max_model_len: int | None = None,
     kv_cache_bytes: int | None = None,
+    speculative: dict | None = None,
     device: str = "auto",
     base_dir: str | Path = ".",
 ) -> PipelineSpec:
@@ -45,6 +46,7 @@ def model_spec(
         ("dtype", dtype),
         ("max_model_len", max_model_len),
         ("kv_cache_bytes", kv_cache_bytes),
+        ("speculative", speculative),
     ):
         if value is not None:
             params[key] = value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
@@ -63,6 +64,12 @@ def add_parser(subparsers) -> None:
         "--max-model-len", type=int, help="prompt plus output tokens (default: 2048)"
     )
     model.add_argument(
+        "--speculative-config",
+        type=_json_object,
+        help='speculative decoding, as vLLM\'s flag: \'{"method": "ngram", '
+        '"num_speculative_tokens": 4, "prompt_lookup_max": 4}\' (default: off)',
+    )
+    model.add_argument(
         "--kv-cache-bytes", type=_size, help="KV cache budget, e.g. 512MiB (default: 512 MiB)"
     )
     model.add_argument(
@@ -101,6 +108,17 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _json_object(text: str) -> dict:
+    """A JSON object from the command line (the llm node's params check its fields)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object {...}")
+    return value
+
+
 def _size(text: str) -> int:
     """Bytes from '536870912', '512MiB', '512M' or '1GiB'."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
@@ -121,6 +139,7 @@ def _model_plan(args: argparse.Namespace):
         return compile_spec(
             model_spec(
                 args.model, args.served_model_name, dtype=args.dtype,
+                speculative=args.speculative_config,
                 max_model_len=args.max_model_len, kv_cache_bytes=args.kv_cache_bytes,
                 device=args.device, base_dir=os.getcwd(),
             )
@@ -147,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model_control_mode != "none" and not args.model_repository:
         print("pipectl serve: --model-control-mode needs --model-repository", file=sys.stderr)
         return 2
-    model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes")
+    model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes",
+                  "speculative_config")  # fmt: skip
     stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
     if stray and not args.model:
         print(f"pipectl serve: {', '.join(stray)} only applies with --model", file=sys.stderr)

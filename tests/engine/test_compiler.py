@@ -191,3 +191,8 @@ def test_model_pipeline_serves_one_llm():
         compile_spec(model_spec("missing.gguf", max_model_len=1), devices=[CPU])
     with pytest.raises(SpecError, match="name"):
         model_spec("missing.gguf", "not/a name")
+    ngram = {"method": "ngram", "num_speculative_tokens": 3}  # --speculative-config
+    plan = compile_spec(model_spec("missing.gguf", speculative=ngram), devices=[CPU])
+    assert plan.nodes["generate"].params.speculative.num_speculative_tokens == 3
+    with pytest.raises(GraphError, match="speculative.method"):
+        compile_spec(model_spec("missing.gguf", speculative={**ngram, "method": "eagle"}))
