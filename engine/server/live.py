@@ -9,8 +9,9 @@
 
 NODE: name, kind, streaming, when (the condition, or null), instances ([{"index", "device",
 ...}]), queued (items waiting now), success, failure (failed + expired + rejected), batches,
-batch_sizes ({size: batches}), and over the last `window_s` seconds (at most the node's last 2,048
-items): rps, queue_ms and compute_ms ({"p50", "p90", "p99"} or null), mean_batch; a node with
+batch_sizes ({size: batches}), rps (items/s over the last 10 s), and over the last `window_s`
+seconds (at most the node's last 1,024 batches and 2,048 items): queue_ms (per item) and
+compute_ms (per batch) as {"p50", "p90", "p99"} or null, mean_batch, count; a node with
 gauges of its own (the LLM engine) adds them under `own`, plus `tokens_per_s`.
 REQUEST (a few sampled recent requests, for the timeline): model, request_id, total_ms, ok,
 error, age_s, nodes ([{"node", "item", "start_ms", "queue_ms", "compute_ms", "batch_size",
@@ -27,6 +28,7 @@ from engine.server.repository import Repository, ServedModel
 from engine.server.traces import RecentTraces
 
 WINDOW_S = 60.0
+RATE_S = 10.0  # requests/s over the last 10 s
 
 
 class LiveStats:
@@ -87,7 +89,7 @@ class LiveStats:
         out["batch_sizes"] = {str(k): v for k, v in sorted(s["batch_sizes"].items())}
         recent = executor.recent(name)  # type: ignore[attr-defined]
         if recent is not None:
-            out |= recent.window(window_s)
+            out |= recent.window(window_s, RATE_S)
         own = s["own"]
         if own:
             out["own"] = own

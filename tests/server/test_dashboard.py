@@ -173,7 +173,7 @@ def test_rag_pipeline_live_page(tmp_path):
         page = f"{base}/dashboard#key={API_KEY}"
         dom = dump_dom(CHROMIUM, page, 6000)
         shot = tmp_path / "dashboard-rag.png"
-        screenshot(CHROMIUM, page, str(shot))
+        screenshot(CHROMIUM, page, str(shot), size="1950,1000")
     finally:
         stop_server(srv)
     drawn = _nodes(dom)

@@ -127,7 +127,7 @@ function renderGraph(p) {
   });
   graph.replaceChildren(edgeLayer(p, place, width, height), ...cards);
   const bottom = Math.max(...cards.map((c) => c.offsetTop + c.offsetHeight));
-  graph.style.height = `${Math.max(height, bottom + PAD)}px`;  // cards may be taller than a row
+  graph.style.height = `${Math.max(height, bottom + PAD) + 18}px`;  // cards may be taller than a row; room for a scrollbar
 }
 
 function edgeLayer(p, place, width, height) {
@@ -136,18 +136,28 @@ function edgeLayer(p, place, width, height) {
   svg.setAttribute("class", "edges");
   svg.setAttribute("width", width);
   svg.setAttribute("height", height);
-  const links = p.edges.map((e) => [e.from, e.to, e.port]);
-  for (const [out, src] of Object.entries(p.outputs)) links.push([src.split(".")[0], "$outputs", out]);
+  const ports = new Map();  // one curve per pair of cards, labelled with its ports
+  const link = (from, to, port) => {
+    const key = `${from}\u0000${to}`;
+    if (!ports.has(key)) ports.set(key, [from, to, []]);
+    ports.get(key)[2].push(port);
+  };
+  p.edges.forEach((e) => link(e.from, e.to, e.port));
+  for (const [out, src] of Object.entries(p.outputs)) link(src.split(".")[0], "$outputs", out);
+  const links = [...ports.values()].map(([from, to, names]) =>
+    [from, to, names.length > 2 ? `${names.slice(0, 2).join(", ")} +${names.length - 2}` : names.join(", ")]);
+  const incoming = {};  // the k-th edge into a card ends k rows lower, so labels stay apart
   for (const [from, to, label] of links) {
     const a = place[from], b = place[to];
     if (!a || !b) continue;
-    const x1 = a.x + (from === "$inputs" ? 120 : 210), y1 = a.y + 24, x2 = b.x, y2 = b.y + 24;
+    const k = (incoming[to] = (incoming[to] || 0) + 1) - 1;
+    const x1 = a.x + (from === "$inputs" ? 120 : 210), y1 = a.y + 24, x2 = b.x, y2 = b.y + 24 + 13 * k;
     const path = document.createElementNS(ns, "path");
     const mid = (x1 + x2) / 2;
     path.setAttribute("d", `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`);
     path.dataset.edge = `${from}->${to}`;
     const text = document.createElementNS(ns, "text");
-    text.setAttribute("x", x2 - 4 - label.length * 5);
+    text.setAttribute("x", Math.max(x1 + 2, x2 - 4 - label.length * 5));
     text.setAttribute("y", y2 - 4);
     text.textContent = label;
     svg.append(path, text);
@@ -156,8 +166,10 @@ function edgeLayer(p, place, width, height) {
 }
 
 function ioCard(id, title, names) {
-  return el("div", { class: "node io", "data-node": id }, el("div", { class: "title" }, title),
-    ...names.map((n) => el("div", { class: "inst" }, n)));
+  const shown = names.length > 8 ? names.slice(0, 7) : names;
+  const more = names.length - shown.length;
+  return el("div", { class: "node io", "data-node": id, title: names.join(", ") }, el("div", { class: "title" }, title),
+    ...shown.map((n) => el("div", { class: "inst" }, n)), more ? el("div", { class: "inst" }, `… ${more} more`) : null);
 }
 
 function nodeCard(n) {
