@@ -45,6 +45,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
 def start(repo: Path, grpc_port: int, http_port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--model-repository", str(repo),
            "--model-control-mode", "explicit", "--load-model", "*",
@@ -127,6 +134,8 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=10.0, help="seconds before reloading")
     parser.add_argument("--reloads", type=int, default=5, help="reloads under full load")
     parser.add_argument("--cycles", type=int, default=20, help="reloads for the memory check")
+    parser.add_argument("--cycle-clients", type=int, default=2, help="load during the cycles")
+    parser.add_argument("--cycle-wait", type=float, default=3.0, help="seconds after a cycle")
     args = parser.parse_args()
 
     import tritonclient.grpc as grpcclient
@@ -146,7 +155,7 @@ def main() -> None:
         wait_ready(url, process)
         control = grpcclient.InferenceServerClient(url)
         switches: list[tuple[float, float]] = []
-        with Load(url, model, args.clients) as load:
+        with Load(url, model, args.clients) as load:  # phase 1
             time.sleep(args.steady)
             for i in range(args.reloads):
                 rewrite(target, i)
@@ -161,18 +170,24 @@ def main() -> None:
                 (during if overlap else steady).append(t1 - t0)
         failed = sum(1 for *_, ok in load.records if not ok)
         memory = [round(rss_mib(process.pid), 1)]
-        with Load(url, model, 2):
+        thread_counts = [threads(process.pid)]
+        with Load(url, model, args.cycle_clients):
             for i in range(args.cycles):
                 rewrite(target, 1000 + i)
                 control.load_model(model)
-                time.sleep(1.0)  # the old version drains and stops in the background
+                time.sleep(args.cycle_wait)  # the old version drains and stops meanwhile
                 memory.append(round(rss_mib(process.pid), 1))
+                thread_counts.append(threads(process.pid))
+        time.sleep(args.cycle_wait * 3)  # let the last retirements finish
+        settled = round(rss_mib(process.pid), 1)
+        log_text = (tmp / "serve.log").read_text(errors="replace")
         result = {
             "pipeline": source.name, "clients": args.clients, "reloads": args.reloads,
             "requests": len(load.records), "failed": failed, "errors": load.errors[:3],
             "reload_s": [round(b - a, 2) for a, b in switches],
             "steady": percentiles(steady), "during_switch": percentiles(during),
-            "rss_mib_after_cycle": memory,
+            "rss_mib_after_cycle": memory, "rss_mib_settled": settled,
+            "versions_stopped": log_text.count(" stopped"), "threads": thread_counts,
         }  # fmt: skip
         print(json.dumps(result, indent=1))
         control.close()

@@ -31,8 +31,8 @@ class LLMJudgeScorer:
         max_length: int = 512,
         kv_cache_mb: int = 256,
     ):
+        from nodes.llm import shared
         from nodes.llm.config import EngineConfig
-        from nodes.llm.engine import LLMEngine
 
         if not Path(model).exists():
             raise FileNotFoundError(f"{model}: no such LLM file or folder for the llm_judge")
@@ -43,7 +43,8 @@ class LLMJudgeScorer:
             max_num_seqs=batch_size,
             max_num_batched_tokens=max(2048, batch_size),
         )
-        self.engine = LLMEngine(model, config)
+        # shared with an `llm` node (or another judge) of the same model and engine config
+        self.engine = shared.acquire(model, config)
         self.tokenizer = self.engine.tokenizer
         self.prompt = prompt
         self.chat = chat
@@ -91,7 +92,9 @@ class LLMJudgeScorer:
         return out
 
     def close(self) -> None:
-        self.engine.shutdown()
+        from nodes.llm import shared
+
+        shared.release(self.engine)
 
 
 def _logsumexp(values) -> float:

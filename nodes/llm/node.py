@@ -221,11 +221,12 @@ class LLMNode(Node):
         return weights + params.kv_cache_bytes
 
     def load(self, device: str) -> None:
-        from nodes.llm.engine import LLMEngine
+        from nodes.llm import shared
 
         self.device = device
         path = resolve_path(self.params.model, self.base_dir)
-        self.engine = LLMEngine(path, self.params.engine_config(device))
+        # one engine per (model file, engine config) in the process: see nodes/llm/shared.py
+        self.engine = shared.acquire(path, self.params.engine_config(device))
         self.dtype = self.engine.dtype
         self.engine.generate(["Hello"], self.params.sampling(max_tokens=1))  # warm up
 
@@ -317,6 +318,9 @@ class LLMNode(Node):
         return engine.statistics() if engine is not None else {}
 
     def close(self) -> None:
+        from nodes.llm import shared
+
         engine = getattr(self, "engine", None)
         if engine is not None:
-            engine.shutdown()
+            self.engine = None
+            shared.release(engine)
