@@ -60,7 +60,9 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
         for name, i in spec.inputs.items()
     }
     inputs.update(implicit)
+    cache = spec.response_cache
     return Plan(
+        response_cache=(cache.max_entries, cache.max_bytes) if cache is not None else None,
         version=spec.version,
         name=spec.name,
         file=spec.file,

@@ -35,6 +35,7 @@ Codes (stable; tests and tools match on them):
     W-UNUSED-INPUT         no node reads a pipeline input
     W-COND-CONSTANT        a condition takes len() of a fixed-shape port (always the same)
     W-DTYPE-BF16-SLOW      dtype bf16 for the CPU, where this CPU runs bf16 slower than fp32
+    W-CACHE-NONDETERMINISTIC  response_cache on a pipeline with a node whose results vary
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class _Checker:
             self.check_dtype(info)
             self.check_condition(info)
         self.check_usage()
+        self.check_response_cache()
         self.issues.sort(key=lambda i: i.line)
         return Analysis(self.spec, self.nodes, self.graph, self.issues)
 
@@ -412,6 +414,29 @@ class _Checker:
             self.add("E-COND-TYPE", path, f"node {info.name!r}: when: {err}")
         for note in cond.constant_lengths(types):
             self.add("W-COND-CONSTANT", path, f"node {info.name!r}: when: {note}", "", "warning")
+
+    def check_response_cache(self) -> None:
+        """A response cache applies only where every node is deterministic (the kind says)."""
+        if self.spec.response_cache is None:
+            return
+        varying = [
+            name
+            for name, info in self.nodes.items()
+            if info.kind is not None
+            and info.params is not None
+            and not info.kind.is_deterministic(info.params, {})
+        ]
+        if varying:
+            self.add(
+                "W-CACHE-NONDETERMINISTIC",
+                "response_cache",
+                f"response_cache cannot apply to every request: node(s) "
+                f"{', '.join(map(repr, varying))} may answer the same request differently; only "
+                "requests that make them deterministic (an llm with temperature 0 or a seed) "
+                "are cached",
+                "cache a pipeline of deterministic kinds, or give the llm temperature: 0 or a seed",
+                "warning",
+            )
 
     def check_usage(self) -> None:
         consumed = {(s.node, s.port) for i in self.nodes.values() for s in i.sources.values()}

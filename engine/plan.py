@@ -107,6 +107,7 @@ class Plan:
     nodes: dict[str, NodePlan]
     warnings: tuple[str, ...] = field(default=())
     version: int = 1  # the model version it serves (Triton's; `version:` in the file)
+    response_cache: tuple[int, int] | None = None  # (max_entries, max_bytes) when cached
 
     def needed_nodes(self, outputs: list[str] | None = None) -> list[str]:
         """The nodes that must run to produce `outputs` (all pipeline outputs when None), in

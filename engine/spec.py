@@ -114,6 +114,13 @@ class VersionPolicySpec(_Strict):
         return self
 
 
+class ResponseCacheSpec(_Strict):
+    """Triton's response cache for the pipeline: LRU-bounded by entries and bytes."""
+
+    max_entries: Annotated[int, Field(ge=1)] = 1024
+    max_bytes: Annotated[int, Field(ge=1)] = 64 << 20
+
+
 class PipelineSpec(_Strict):
     """A whole pipeline file."""
 
@@ -122,6 +129,7 @@ class PipelineSpec(_Strict):
     description: str = ""
     version: Annotated[int, Field(ge=1)] = 1  # the model version, for a model repository
     version_policy: VersionPolicySpec | None = None  # read from a model's highest version
+    response_cache: ResponseCacheSpec | None = None
     inputs: dict[Name, InputSpec] = Field(default_factory=dict)
     outputs: Annotated[dict[Name, str], Field(min_length=1)]
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)

@@ -63,6 +63,8 @@ class Node:
     # optional input ports that are per-request settings (an LLM's temperature, max_tokens...):
     # left unwired, the compiler wires each to an optional pipeline input of the same name
     request_parameters: ClassVar[tuple[str, ...]] = ()
+    # same inputs, same outputs (what a response cache needs); see is_deterministic
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, params: NodeParams, base_dir: str | Path | None = None):
         self.params = params
@@ -93,6 +95,12 @@ class Node:
         if _takes_base_dir(cls.memory_bytes):
             return cls.memory_bytes(params, base_dir=base_dir)
         return cls.memory_bytes(params)
+
+    @classmethod
+    def is_deterministic(cls, params: NodeParams, overrides: dict) -> bool:
+        """Whether equal inputs give equal outputs, with these params and these per-request
+        input values (`overrides`: port -> flat array), so that a response cache may serve it."""
+        return cls.deterministic
 
     def load(self, device: str) -> None:
         """Load weights onto `device` ('cpu' or 'cuda:N'); called once, in the instance's worker."""

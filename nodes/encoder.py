@@ -88,6 +88,7 @@ def embedding_dim(folder: Path) -> int:
 class EncoderNode(Node):
     """Embeds each input text into one L2-normalised FP32 vector."""
 
+    deterministic = True  # no sampling: a response cache may serve it
     kind = "encoder"
     Params = EncoderParams
     max_batch_size = 4096

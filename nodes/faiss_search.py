@@ -121,6 +121,7 @@ def save_index(
 class FaissSearchNode(Node):
     """Returns the `top_k` nearest passages (row ids, scores, texts, corpus ids) of each vector."""
 
+    deterministic = True  # no sampling: a response cache may serve it
     kind = "faiss_search"
     Params = FaissSearchParams
     max_batch_size = 4096

@@ -80,6 +80,7 @@ class RerankNode(Node):
     """Keeps the `top_n` most relevant passages of each request, scored by a cross-encoder or an
     LLM judge over all pairs of the whole batch."""
 
+    deterministic = True  # no sampling: a response cache may serve it
     kind = "rerank"
     Params = RerankParams
     max_batch_size = 256

@@ -68,6 +68,7 @@ class TemplateParams(NodeParams):
 class TemplateNode(Node):
     """Renders the template once per item."""
 
+    deterministic = True  # no sampling: a response cache may serve it
     kind = "template"
     Params = TemplateParams
     max_batch_size = 1 << 16

@@ -197,6 +197,7 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
             ],
         }
     st = model.stats
+    cache = model.cache
     queue_ns = compute_ns = 0
     for node in model.plan.nodes:
         s = node_statistics(repo, model.family.models[f"{model.name}.{node}"])
@@ -213,6 +214,14 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
             "fail": _duration(st.fail_count, st.fail_ns),
             "queue": _duration(st.success_count, queue_ns),
             "compute_infer": _duration(st.success_count, compute_ns),
+            **(
+                {
+                    "cache_hit": _duration(cache.hits, cache.hit_ns),
+                    "cache_miss": _duration(cache.misses, cache.miss_ns),
+                }
+                if cache is not None
+                else {}
+            ),
         },
     }
 

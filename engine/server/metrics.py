@@ -54,7 +54,18 @@ class PipelineCollector:
             "seconds": CounterMetricFamily("pipectl_request_seconds", "time spent answering requests", labels=["model"]),
         }  # fmt: skip
         gauges: dict[str, GaugeMetricFamily] = {}  # a node's own statistics, by metric name
+        cache = {
+            "hits": CounterMetricFamily("pipectl_cache_hits", "responses served from the response cache", labels=["model"]),
+            "misses": CounterMetricFamily("pipectl_cache_misses", "cacheable requests computed and stored", labels=["model"]),
+            "entries": GaugeMetricFamily("pipectl_cache_entries", "responses held in the cache", labels=["model"]),
+            "bytes": GaugeMetricFamily("pipectl_cache_bytes", "bytes held in the cache", labels=["model"]),
+        }  # fmt: skip
         for model in self.repo.models.values():
+            if model.cache is not None:
+                rc = model.cache
+                for name, value in (("hits", rc.hits), ("misses", rc.misses),
+                                    ("entries", len(rc)), ("bytes", rc.bytes)):  # fmt: skip
+                    cache[name].add_metric([model.name], value)
             st = model.stats
             req["ok"].add_metric([model.name], st.success_count)
             req["fail"].add_metric([model.name], st.fail_count)
@@ -87,6 +98,7 @@ class PipelineCollector:
                     )
                 gauges[metric].add_metric(key, float(value))
         yield from c.values()
+        yield from cache.values()
         yield hist
         yield queued
         yield up

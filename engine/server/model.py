@@ -79,6 +79,7 @@ class ServedModel:
     stats: ModelStats = field(default_factory=ModelStats)
     version: str = "1"
     family: object | None = field(default=None, repr=False)  # its versions.PipelineVersion
+    cache: object | None = None  # a response_cache.ResponseCache (pipelines that ask for one)
 
     @property
     def decoupled(self) -> bool:

@@ -21,6 +21,7 @@ from engine.options import RequestOptions
 from engine.plan import Plan
 from engine.result import Result
 from engine.server.model import LOADING, READY, UNAVAILABLE, ServedModel, shared_executor
+from engine.server.response_cache import request_key, uncacheable_nodes
 from engine.server.traces import RequestTracer, TracedRequest
 from engine.server.versions import PipelineVersion, build_version
 
@@ -199,10 +200,34 @@ class Repository:
     ) -> dict[str, np.ndarray]:
         """Run one client request (inputs with a batch dimension); returns batched outputs.
         `options` (or its fields as keywords, engine/options.py) travel to every item's request;
-        its `traceparent` is handed to the tracers."""
+        its `traceparent` is handed to the tracers. A pipeline with a response cache answers a
+        deterministic request it has seen from the cache."""
         options = RequestOptions.of(options, **fields)
-        request_id, traceparent = options.request_id, options.traceparent
         model = self.serving(name, version)
+        key = self._cache_key(model, inputs, outputs)
+        if key is None:
+            return await self._infer(model, inputs, outputs, options)
+        started = time.monotonic_ns()
+        hit = model.cache.get(key)  # type: ignore[attr-defined]
+        if hit is not None:
+            model.cache.record(True, time.monotonic_ns() - started)  # type: ignore[attr-defined]
+            model.stats.record(True, _batch_size(inputs), time.monotonic_ns() - started)
+            return hit
+        out = await self._infer(model, inputs, outputs, options)
+        model.cache.put(key, out)  # type: ignore[attr-defined]
+        model.cache.record(False, time.monotonic_ns() - started)  # type: ignore[attr-defined]
+        return out
+
+    def _cache_key(self, model: ServedModel, inputs: dict, outputs) -> bytes | None:
+        """The response-cache key of a request, or None when it is not cached."""
+        if model.cache is None or uncacheable_nodes(model.plan, inputs):
+            return None
+        return request_key(model.name, model.version, inputs, outputs or list(model.outputs))
+
+    async def _infer(
+        self, model: ServedModel, inputs, outputs, options: RequestOptions
+    ) -> dict[str, np.ndarray]:
+        request_id, traceparent = options.request_id, options.traceparent
         self._enter(model)  # before any await: a reload waits for it before stopping its version
         try:
             batch = self.check_request(model, inputs, outputs)
@@ -255,6 +280,13 @@ class Repository:
             return
         if batch != 1:
             raise InvalidInput(f"model {name!r} streams: send one item per request, not {batch}")
+        key = self._cache_key(model, inputs, outputs)
+        cached = model.cache.get(key) if key is not None else None  # type: ignore[attr-defined]
+        if cached is not None:  # the whole answer at once, as its stream joined it
+            model.cache.record(True, 0)  # type: ignore[attr-defined]
+            model.stats.record(True, 1, 0)
+            yield cached, True
+            return
         self._enter(model)  # before any await: a reload waits for it before stopping its version
         try:
             executor = await self._executor_async(model)
@@ -267,12 +299,19 @@ class Repository:
         started = time.monotonic_ns()
         ok = False
         results: list[Result] = []
+        seen: list[dict[str, np.ndarray]] = []
         try:
             async for event in executor.stream(item, wanted, replace(options, trace=traced)):
                 if event.final and event.result is not None:
                     results.append(event.result)
-                yield {k: v[np.newaxis] for k, v in event.outputs.items()}, event.final
+                delta = {k: v[np.newaxis] for k, v in event.outputs.items()}
+                if key is not None:
+                    seen.append(delta)
+                yield delta, event.final
             ok = True
+            if key is not None:
+                model.cache.put(key, _assemble(seen, model.streamed))  # type: ignore[attr-defined]
+                model.cache.record(False, time.monotonic_ns() - started)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - any failure becomes a typed error
             if traced:
                 self._traced(model, request_id, started, [], exc, traceparent)
@@ -349,6 +388,25 @@ class Repository:
             return True
         except TimeoutError:
             return False
+
+
+def _batch_size(inputs: dict[str, np.ndarray]) -> int:
+    return next((int(np.shape(a)[0]) for a in inputs.values()), 1)
+
+
+def _assemble(events: list[dict[str, np.ndarray]], streamed: frozenset[str]) -> dict:
+    """A whole response from a stream's events: streamed outputs joined, others the last."""
+    from engine.executor import concat_deltas
+
+    chunks: dict[str, list[np.ndarray]] = {}
+    for outputs in events:
+        for name, array in outputs.items():
+            if name in streamed:
+                chunks.setdefault(name, []).append(array[0])
+            else:
+                chunks[name] = [array[0]]
+    return {n: concat_deltas(c)[np.newaxis] if n in streamed else c[0][np.newaxis]
+            for n, c in chunks.items()}  # fmt: skip
 
 
 async def _all(calls: list) -> list:

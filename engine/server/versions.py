@@ -116,6 +116,10 @@ def build_version(plan: Plan, source: str = "", stamp: tuple = ()) -> PipelineVe
             sub.name, plan.name, node, sub, dict(sub.inputs), sub_outputs,
             sub.streamed_outputs(), version=version,
         )  # fmt: skip
+    if plan.response_cache is not None:
+        from engine.server.response_cache import ResponseCache
+
+        models[plan.name].cache = ResponseCache(*plan.response_cache)
     pv = PipelineVersion(plan.name, version, plan, models, source, stamp)
     for model in models.values():
         model.family = pv

@@ -181,6 +181,14 @@ class LLMNode(Node):
     streaming = True
     stream_outputs = ("text", "token_logprobs")
     request_parameters = tuple(_OVERRIDES)
+
+    @classmethod
+    def is_deterministic(cls, params: LLMParams, overrides: dict) -> bool:
+        """Greedy (temperature 0), or seeded: the request's own temperature/seed count."""
+        temperature = overrides.get("temperature")
+        hot = float(max(temperature)) > 0 if temperature is not None else params.temperature > 0
+        return not hot or "seed" in overrides or params.seed is not None
+
     max_batch_size = 1024
 
     @classmethod

@@ -196,3 +196,31 @@ def test_model_pipeline_serves_one_llm():
     assert plan.nodes["generate"].params.speculative.num_speculative_tokens == 3
     with pytest.raises(GraphError, match="speculative.method"):
         compile_spec(model_spec("missing.gguf", speculative={**ngram, "method": "eagle"}))
+
+
+def test_response_cache_warns_where_it_cannot_apply_and_follows_the_request():
+    import numpy as np
+
+    from engine.commands.model_pipeline import model_spec
+    from engine.server.response_cache import uncacheable_nodes
+
+    text = """
+apiVersion: pipectl/v1
+name: cached
+response_cache: {max_entries: 4}
+inputs: {x: {dtype: FP32, shape: [4]}}
+outputs: {y: f.y}
+nodes:
+  f:
+    kind: python
+    params: {function: "fns:double", inputs: {x: FP32}, outputs: {y: FP32}}
+    inputs: {x: $inputs.x}
+"""
+    plan = compile_spec(parse_spec(text), devices=[CPU])
+    assert plan.response_cache == (4, 64 << 20)
+    assert any("W-CACHE-NONDETERMINISTIC" in w and "'f'" in w for w in plan.warnings)
+    llm = compile_spec(model_spec("missing.gguf", "chat"), devices=[CPU])  # greedy by default
+    assert uncacheable_nodes(llm) == []
+    hot = {"temperature": np.array([[0.7]], dtype=np.float32)}
+    assert uncacheable_nodes(llm, hot) == ["generate"]
+    assert uncacheable_nodes(llm, {**hot, "seed": np.array([[1]])}) == []

@@ -26,6 +26,7 @@ class WordStream(Node):
     kind = "test_words"
     Params = WordsParams
     streaming = True
+    deterministic = True  # the same prompt gives the same words
     stream_outputs = ("text",)
 
     @classmethod
