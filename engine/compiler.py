@@ -13,8 +13,8 @@ import networkx as nx
 
 from engine.errors import GraphError, PlacementError
 from engine.graph import Analysis, NodeInfo, analyze, parse_ref
-from engine.placement import Device, PlacementRequest, inventory, place
-from engine.plan import PIPELINE_INPUT, InstancePlan, NodePlan, Plan, Source
+from engine.placement import Device, PlacementRequest, inventory, place, ray_backend
+from engine.plan import PIPELINE_INPUT, Backend, InstancePlan, NodePlan, Plan, Source
 from engine.spec import PipelineSpec, load_spec
 from nodes.base import TensorSpec
 
@@ -32,7 +32,13 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
     order = topological_order(analysis)
     implicit, wired, notes = wire_request_parameters(spec, analysis)
     requests = [_placement_request(spec, analysis.nodes[name]) for name in order]
-    placed = place(requests, inventory() if devices is None else devices)
+    backends = {r.node: _backend(spec, analysis.nodes[r.node], r) for r in requests}
+    local = [r for r in requests if not backends[r.node][0].is_ray]
+    placed = place(local, inventory() if devices is None else devices) if local else {}
+    for r in requests:
+        backend, device = backends[r.node]
+        if backend.is_ray:
+            placed[r.node] = tuple(InstancePlan(device, r.memory_bytes) for _ in range(r.instances))
     nodes = {}
     for name in order:
         info = analysis.nodes[name]
@@ -49,6 +55,7 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
             line=spec.line(f"nodes.{name}"),
             streaming=info.kind.streaming,
             stream_outputs=tuple(info.kind.stream_outputs) if info.kind.streaming else (),
+            backend=backends[name][0],
         )
     outputs = {}
     for name, text in spec.outputs.items():
@@ -148,4 +155,34 @@ def _placement_request(spec: PipelineSpec, info: NodeInfo) -> PlacementRequest:
         devices=tuple(pick("devices", ())),
         memory_bytes=memory,
         where=where,
+    )
+
+
+def _backend(spec: PipelineSpec, info: NodeInfo, request: PlacementRequest) -> tuple[Backend, str]:
+    """The node's backend (own placement, then defaults; local when unset) and, for Ray, the
+    device inside its actors. Ray-only fields under a local backend are refused by name."""
+    own, defaults = info.spec.placement, spec.defaults.placement
+    blocks = [b for b in (own, defaults) if b is not None]
+    name = next((b.backend for b in blocks if b.backend is not None), "local")
+    if name == "local":
+        checks = (("nodes." + info.name, own, True), ("defaults", defaults, not _any_ray(spec)))
+        for label, block, applies in checks:
+            if block is None or not applies:
+                continue
+            for field in ("resources", "max_restarts"):
+                if getattr(block, field) is not None:
+                    line = spec.line(f"{label}.placement.{field}")
+                    raise PlacementError(
+                        f"{spec.file}:{line}: {label}.placement.{field} applies to backend: ray, "
+                        f"and node {info.name!r} runs on backend local; set backend: ray or drop it"
+                    )
+        return Backend(), ""
+    resources = next((b.resources for b in blocks if b.resources is not None), None)
+    restarts = next((b.max_restarts for b in blocks if b.max_restarts is not None), None)
+    return ray_backend(request, resources, restarts)
+
+
+def _any_ray(spec: PipelineSpec) -> bool:
+    return spec.defaults.placement.backend == "ray" or any(
+        n.placement is not None and n.placement.backend == "ray" for n in spec.nodes.values()
     )

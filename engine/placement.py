@@ -2,7 +2,9 @@
 
 `inventory()` lists the CPU (system memory) and every CUDA device torch sees (torch is imported
 only here, lazily). `place()` spreads each node's instances over its allowed devices, picking the
-least used device that still fits, and fails with the numbers when one does not fit.
+least used device that still fits, and fails with the numbers when one does not fit. Nodes with
+`backend: ray` are not placed here: `ray_backend()` turns their fields into Ray resources, and
+Ray's scheduler picks the machine (checked against the cluster in engine/backends/ray_cluster.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine.errors import PlacementError
-from engine.plan import InstancePlan
+from engine.plan import Backend, InstancePlan
 
 GIB = 1 << 30
 
@@ -135,3 +137,40 @@ def _no_room(request: PlacementRequest, n: int, allowed: list[Device], used) -> 
 
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB"
+
+
+DEFAULT_MAX_RESTARTS = 3  # Ray restarts a dead actor this many times unless the node says otherwise
+
+
+def ray_backend(
+    request: PlacementRequest, resources, max_restarts: int | None
+) -> tuple[Backend, str]:
+    """The Backend of a node placed on Ray, and the device its instances use inside their actor
+    ('cpu', or 'cuda:0': the GPU Ray assigns). `resources` is the spec's ResourcesSpec or None;
+    an actor reserves 1 CPU unless told otherwise. PlacementError names the conflicting field."""
+    where = f"{request.where}node {request.node!r}: backend ray: "
+    if request.devices:
+        raise PlacementError(where + "`devices` lists local devices; Ray picks the machine "
+                             "(use resources.custom to steer it)")  # fmt: skip
+    num_cpus = resources.num_cpus if resources and resources.num_cpus is not None else 1.0
+    num_gpus = resources.num_gpus if resources and resources.num_gpus is not None else None
+    device = request.device
+    if device.startswith("cuda:"):
+        raise PlacementError(where + f"device {device} names a local GPU; Ray assigns GPUs: "
+                             "write device: cuda and resources.num_gpus")  # fmt: skip
+    if device == "cuda" and num_gpus is None:
+        num_gpus = 1.0
+    if device == "cpu" and num_gpus:
+        raise PlacementError(where + f"device cpu but resources.num_gpus is {num_gpus:g}")
+    if device == "cuda" and not num_gpus:
+        raise PlacementError(where + "device cuda but resources.num_gpus is 0")
+    pairs: list[tuple[str, float]] = [("CPU", float(num_cpus))]
+    if num_gpus:
+        pairs.append(("GPU", float(num_gpus)))
+    if resources and resources.memory is not None:
+        pairs.append(("memory", float(resources.memory)))
+    if resources:
+        pairs.extend((name, float(v)) for name, v in sorted(resources.custom.items()))
+    restarts = DEFAULT_MAX_RESTARTS if max_restarts is None else max_restarts
+    backend = Backend("ray", tuple(p for p in pairs if p[1] > 0), restarts)
+    return backend, ("cuda:0" if num_gpus else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES

@@ -51,6 +51,41 @@ class InstancePlan:
 
 
 @dataclass(frozen=True)
+class Backend:
+    """Where a node's instances run: `local` threads of the serving process, or `ray` actors, each
+    reserving `resources` (Ray's names: CPU, GPU, memory in bytes, custom ones) and restarted by
+    Ray up to `max_restarts` times (-1: without end) when its process dies."""
+
+    name: str = "local"
+    resources: tuple[tuple[str, float], ...] = ()
+    max_restarts: int = 0
+
+    @property
+    def is_ray(self) -> bool:
+        return self.name == "ray"
+
+    def resource_dict(self) -> dict[str, float]:
+        return dict(self.resources)
+
+    def describe(self) -> str:
+        """`local`, or `ray CPU=1 memory=2GiB zone_a=1 max_restarts=3`."""
+        if not self.is_ray:
+            return self.name
+        parts = [
+            f"{k}={v / (1 << 30):g}GiB" if k == "memory" else f"{k}={v:g}"
+            for k, v in self.resources
+        ]
+        return " ".join(["ray", *parts, f"max_restarts={self.max_restarts}"])
+
+    def to_dict(self) -> dict:
+        out: dict = {"backend": self.name}
+        if self.is_ray:
+            out["resources"] = self.resource_dict()
+            out["max_restarts"] = self.max_restarts
+        return out
+
+
+@dataclass(frozen=True)
 class NodePlan:
     """A node as it will run: its kind, params, ports, wiring, batching and instances.
     `streaming` nodes (the LLM) run through a Streamer, not a Batcher, and yield deltas of
@@ -67,6 +102,7 @@ class NodePlan:
     line: int = 0
     streaming: bool = False
     stream_outputs: tuple[str, ...] = ()
+    backend: Backend = field(default_factory=Backend)
 
     def to_dict(self) -> dict:
         return {
@@ -91,6 +127,7 @@ class NodePlan:
                 | ({"dtype": i.dtype, "dtype_reason": i.dtype_reason} if i.dtype else {})
                 for i in self.instances
             ],
+            "placement": self.backend.to_dict(),
             "when": self.when,
         }
 

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -71,13 +72,40 @@ class BatchingSpec(_Strict):
     timeout_ms: Annotated[float, Field(ge=0)] | None = None
 
 
+class ResourcesSpec(_Strict):
+    """What each Ray actor of a node reserves on its Ray node (Ray's own resource names):
+    `num_cpus` and `num_gpus` (fractions allowed), `memory` in bytes, and `custom` resources
+    declared by `ray start --resources`, e.g. `{zone_a: 1}`."""
+
+    num_cpus: Annotated[float, Field(ge=0)] | None = None
+    num_gpus: Annotated[float, Field(ge=0)] | None = None
+    memory: Annotated[int, Field(ge=0)] | None = None
+    custom: dict[Annotated[str, Field(min_length=1)], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_is_not_builtin(cls, custom: dict[str, float]) -> dict[str, float]:
+        builtin = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
+        for name in custom:
+            if name in builtin:
+                raise ValueError(f"custom resource {name!r} is Ray's own: write {builtin[name]}")
+        return custom
+
+
 class PlacementSpec(_Strict):
     """Where a node's instances run. `device`: auto (a GPU when present, else CPU), cpu, cuda (any
-    GPU) or cuda:N; `devices` narrows the choice to a list of those."""
+    GPU) or cuda:N; `devices` narrows the choice to a list of those. `backend`: `local` (threads
+    of this process, the default) or `ray` (one Ray actor per instance, holding `resources`,
+    restarted up to `max_restarts` times; -1: without end)."""
 
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] | None = None
     instances: Annotated[int, Field(ge=1)] | None = None
     devices: list[Annotated[str, Field(pattern=DEVICE_PATTERN)]] | None = None
+    backend: Literal["local", "ray"] | None = None
+    resources: ResourcesSpec | None = None
+    max_restarts: Annotated[int, Field(ge=-1)] | None = None
 
 
 class NodeSpec(_Strict):

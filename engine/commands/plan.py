@@ -16,16 +16,24 @@ def add_parser(subparsers) -> None:
         help="compile a pipeline and print its plan",
         description="Compile a pipeline against this machine's devices and print, per node in "
         "run order: kind, inputs, batching, instances and their devices, the dtype each "
-        "instance computes in (and why), memory, condition.",
+        "instance computes in (and why), memory, backend (local threads, or Ray actors with "
+        "their resources), condition.",
     )
     parser.add_argument("file", metavar="FILE")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="also check the nodes with backend: ray against this Ray cluster's resources",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     plan = compile_or_report(args.file)
     if plan is None:
+        return 1
+    if args.ray_address and not _fits_ray_cluster(plan, args.ray_address):
         return 1
     if args.output == "json":
         print(json.dumps(plan.to_dict(), indent=2))
@@ -40,7 +48,10 @@ def format_plan(plan: Plan) -> str:
     inputs = ", ".join(f"{n} {s.dtype} {list(s.shape)}" for n, s in plan.inputs.items())
     lines.append(f"inputs:  {inputs or '-'}")
     lines.append("outputs: " + ", ".join(f"{n} <- {src}" for n, src in plan.outputs.items()))
-    rows = [("node", "kind", "inputs", "batch", "delay ms", "instances", "dtype", "memory", "when")]
+    rows = [
+        ("node", "kind", "inputs", "batch", "delay ms", "instances", "dtype", "memory", "backend",
+         "when")
+    ]  # fmt: skip
     reasons: list[str] = []
     for name, node in plan.nodes.items():
         devices: dict[str, int] = {}
@@ -60,6 +71,7 @@ def format_plan(plan: Plan) -> str:
                 ", ".join(f"{d} x{n}" for d, n in devices.items()),
                 ", ".join(dtypes) or "-",
                 _size(memory),
+                node.backend.describe(),
                 node.when or "",
             )
         )
@@ -73,6 +85,26 @@ def format_plan(plan: Plan) -> str:
     for warning in plan.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines) + "\n"
+
+
+def _fits_ray_cluster(plan: Plan, address: str) -> bool:
+    """Check the plan's Ray nodes against the cluster at `address`, reporting on stderr."""
+    from engine.backends.ray_cluster import check_cluster, connect, ray_nodes
+    from engine.errors import PlacementError, Unavailable
+
+    if not ray_nodes(plan):
+        return True
+    try:
+        connect(address)
+        check_cluster(plan)
+    except (PlacementError, Unavailable) as exc:
+        print(f"{plan.file}: placement: {exc}", file=sys.stderr)
+        return False
+    finally:
+        import ray
+
+        ray.shutdown()
+    return True
 
 
 def _size(n: int) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.commands import ray_address
 from engine.commands.compiling import compile_or_report
 from engine.errors import InvalidInput, PipelineError, RequestError
 from engine.plan import Plan
@@ -60,6 +61,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "-c", "--concurrency", type=int, default=32, help="requests in flight (--input-file)"
     )
+    ray_address.add_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -82,11 +84,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from engine.executor import Executor
 
+    ray_address.apply(args)
     executor = Executor(plan)
     try:
         executor.start(progress=_loading)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        ray_address.disconnect()
         return 1
     try:
         if requests is not None:
@@ -97,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_run_one(executor, defaults, outputs, args))
     finally:
         executor.stop(drain=False)
+        ray_address.disconnect()
 
 
 def _loading(node: str, loaded: int, total: int) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 
+from engine.commands import ray_address
 from engine.commands.compiling import compile_or_report
 
 
@@ -105,6 +106,7 @@ def add_parser(subparsers) -> None:
         "collector, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: "
         "off). Needs pip install 'pipectl[otel]'",
     )
+    ray_address.add_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -201,8 +203,15 @@ def run(args: argparse.Namespace) -> int:
         load_models=tuple(args.load_model),
         otlp_endpoint=endpoint_from(args.otlp_endpoint),
     )
+    ray_address.apply(args)
+    run_loop = asyncio.run
     try:  # libuv's loop: about 20% less event-loop CPU per gRPC request than asyncio's here
         import uvloop
+
+        run_loop = uvloop.run
     except ImportError:
-        return asyncio.run(serve(plans, options))
-    return uvloop.run(serve(plans, options))
+        pass
+    try:
+        return run_loop(serve(plans, options))
+    finally:
+        ray_address.disconnect()

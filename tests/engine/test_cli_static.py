@@ -113,10 +113,12 @@ def test_plan_command(capsys, write_pipeline):
         "instances",
         "dtype",
         "memory",
+        "backend",
         "when",
     ]
     assert lines[5].split()[:5] == ["encode", "t_embed", "text<-$inputs.query", "8", "2"]
     assert "100.0 MiB" in lines[5]
+    assert lines[5].split()[-1] == "local"
     assert main(["plan", "-o", "json", str(GOOD)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert list(plan["nodes"]) == ["encode", "search", "format"]
