@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from tests.engine.backends.ray_cluster import ENV, start_cluster, wait_for_nodes  # noqa: E402
+from tests.engine.backends.ray_cluster import ENV, start_cluster, wait_for_nodes
 
 
 @pytest.fixture(scope="session")
