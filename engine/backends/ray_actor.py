@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +25,10 @@ from nodes.base import Item, Node, NodeParams
 
 @dataclass(frozen=True)
 class ItemFailure:
-    """One item of a batch that the node could not compute: the exception's type and text."""
+    """One item of a batch that the node could not compute, and the exception it raised (a
+    RuntimeError with the same text when that exception cannot be pickled)."""
 
-    error_type: str
-    message: str
+    error: Exception
 
 
 class NodeActor:
@@ -87,6 +88,14 @@ def isolate_failures(node: Node, items: list[Item]) -> list[Item | ItemFailure]:
         return list(outputs)
     except Exception as exc:  # noqa: BLE001 - a node failure fails only its item
         if len(items) == 1:
-            return [ItemFailure(type(exc).__name__, str(exc))]
+            return [ItemFailure(_picklable(exc))]
         half = len(items) // 2
         return isolate_failures(node, items[:half]) + isolate_failures(node, items[half:])
+
+
+def _picklable(exc: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any exception may fail to pickle
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc

@@ -1,6 +1,6 @@
 """One node instance as a Ray actor, seen from the serving process.
 
-    instance = RayInstance(node_plan, base_dir, index=0)
+    instance = RayInstance(node_plan, node_plan.instances[0], base_dir, index=0)
     instance.load()                         # makes the actor; it loads the node on its Ray node
     outputs = instance.run_batch(items)     # one hop per batch (blocking: call from a worker thread)
     async for delta in instance.stream(item): ...   # streaming kinds
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.backends.ray_actor import ItemFailure, NodeActor
 from engine.errors import Unavailable
-from engine.plan import NodePlan
+from engine.plan import InstancePlan, NodePlan
 from nodes.base import Item
 from nodes.registry import get_kind
 
@@ -53,9 +53,12 @@ def actor_options(node: NodePlan) -> dict:
 class RayInstance:
     """A Ray actor that holds one loaded instance of a node; see the module docstring."""
 
-    def __init__(self, node: NodePlan, base_dir: str | Path | None, index: int = 0):
+    def __init__(
+        self, node: NodePlan, instance: InstancePlan, base_dir: str | Path | None, index: int = 0
+    ):
         self.node = node
         self.index = index
+        self.device = instance.device  # as the node sees it inside the actor
         self._base_dir = str(base_dir if base_dir is not None else Path.cwd())
         self._actor = None
         self._ready = threading.Event()
@@ -75,9 +78,8 @@ class RayInstance:
         if _remote_class is None:
             _remote_class = ray.remote(NodeActor)
         kind = get_kind(self.node.kind)
-        device = self.node.instances[self.index].device
         self._actor = _remote_class.options(**actor_options(self.node)).remote(
-            kind, self.node.params, self._base_dir, device
+            kind, self.node.params, self._base_dir, self.device
         )
         try:
             self.info = ray.get(self._actor.info.remote())
@@ -154,16 +156,18 @@ class RayInstance:
             if not finished:
                 ray.cancel(refs)
 
-    def statistics(self, timeout: float = 2.0) -> dict:
-        """The node's own statistics from inside the actor ({} while it is not ready)."""
+    def statistics(self, timeout: float = 2.0) -> dict | None:
+        """The node's own statistics from inside the actor (None when it has none, or while the
+        actor is not ready)."""
         import ray
 
         if not self.ready:
-            return {}
+            return None
         try:
-            return ray.get(self._actor.statistics.remote(), timeout=timeout)  # type: ignore[union-attr]
+            report = ray.get(self._actor.statistics.remote(), timeout=timeout)  # type: ignore[union-attr]
         except (ray.exceptions.RayError, TimeoutError):
-            return {}
+            return None
+        return report or None
 
     # ---- faults ------------------------------------------------------------------------------
     def _check_alive(self) -> None:
