@@ -5,7 +5,9 @@ instance worker (engine/instance.py) has a dispatch thread here that takes a bat
 holds `max_batch_size` items, when a preferred batch size can be formed, or when the oldest item
 has waited `max_queue_delay_ms` (all in `_wait_for_batch`), and hands it whole to its instance.
 Items of cancelled requests are dropped and expired ones rejected before compute. A batch that
-raises is split in halves and retried so that only the failing item fails. Results go back
+raises is split in halves and retried so that only the failing item fails (a Ray actor isolates
+failures itself, one hop per batch, and returns `ItemFailure`s). An instance that is down
+(Unavailable: its actor died) fails its whole batch, and takes no batch until it is back. Results go back
 through `on_done`, called once per batch in the dispatch thread (the executor turns that into one
 event-loop handoff per batch).
 """
@@ -18,6 +20,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from engine.backends.ray_actor import ItemFailure
 from engine.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -27,7 +30,7 @@ from engine.errors import (
     Unavailable,
     node_failure,
 )
-from engine.instance import Instance, instances_for
+from engine.instance import Instance, instances_for, placement_statistics
 from engine.plan import BatchPolicy, NodePlan
 from engine.queue_timer import QueueTimer
 from engine.runner import Done, OnDone, OnLoaded, Ticket, WorkItem
@@ -288,7 +291,7 @@ class Batcher:
             self._loaded.release()
         lost: BaseException | None = None
         try:
-            while (batch := self._wait_for_batch()) is not None:
+            while self._instance_up(instance) and (batch := self._wait_for_batch()) is not None:
                 self._in_hand[index] = batch
                 done = self._run(instance, batch, index)
                 self._in_hand.pop(index, None)
@@ -342,8 +345,18 @@ class Batcher:
 
     @property
     def healthy(self) -> bool:
-        """Every instance is serving (False while one is lost and reloading)."""
-        return all(self._up)
+        """Every instance is serving (False while one is lost and reloading, or its Ray actor
+        is being restarted by Ray)."""
+        return all(self._up) and all(getattr(i, "ready", True) for i in self._instances)
+
+    def _instance_up(self, instance: Instance) -> bool:
+        """Wait while the instance restarts (a Ray actor that died), so that batches go to the
+        instances that are up. False once it is gone for good and another instance can serve;
+        the last one keeps taking batches (they fail at once: nothing waits forever)."""
+        wait_ready = getattr(instance, "wait_ready", None)
+        if wait_ready is None or wait_ready():
+            return True
+        return not any(getattr(i, "ready", True) for i in self._instances if i is not instance)
 
     def _run(self, instance: Instance, batch: list[WorkItem], index: int = 0) -> list[Done]:
         """Drop cancelled items, reject expired ones, compute the rest with failure isolation."""
@@ -376,6 +389,9 @@ class Batcher:
                 raise ValueError(
                     f"run_batch returned {len(outputs)} results for {len(items)} items"
                 )
+        except Unavailable as exc:  # the instance is down (its actor died): the whole batch
+            queued = dispatched_ns - items[0].enqueued_ns
+            return [self._failed(it, Unavailable(str(exc), node=self.name), queued) for it in items]
         except BaseException as exc:  # SystemExit too: a node failure fails only its item
             if isinstance(exc, KeyboardInterrupt):
                 raise  # the one thing not contained: the instance's thread is lost (restarted)
@@ -389,10 +405,15 @@ class Batcher:
             return [self._failed(item, error, dispatched_ns - item.enqueued_ns)]
         compute_ns = time.monotonic_ns() - start
         size = len(items)
-        return [
-            Done(item, out, None, dispatched_ns - item.enqueued_ns, compute_ns, size, index)
-            for item, out in zip(items, outputs, strict=True)
-        ]
+        done = []
+        for item, out in zip(items, outputs, strict=True):
+            queued = dispatched_ns - item.enqueued_ns
+            if isinstance(out, ItemFailure):  # isolated by the instance itself (a Ray actor)
+                error = node_failure(self.name, item.request_id, out.error)
+                done.append(self._failed(item, error, queued))
+            else:
+                done.append(Done(item, out, None, queued, compute_ns, size, index))
+        return done
 
     def _failed(self, item: WorkItem, error: RequestError, queue_ns: int = 0) -> Done:
         if not error.request_id:
@@ -426,5 +447,9 @@ class Batcher:
             stats["batch_sizes"] = dict(sorted(self._histogram.items()))
         stats["queued"] = self._size
         stats["instances"] = len(self._instances)
-        stats["instances_up"] = sum(self._up)
+        placement = placement_statistics(self._instances)
+        up = [u and s["ready"] for u, s in zip(self._up, placement["placement"], strict=True)]
+        stats["instances_up"] = sum(up)
+        stats["restarts"] += placement["restarts"]  # Ray actors restarted by Ray
+        stats["placement"] = placement["placement"]
         return stats

@@ -66,6 +66,7 @@ class Executor:
                 with lock:
                     progress(name, next(loaded), total)
 
+        self._join_ray()
         self.runners = {name: self._runner(node) for name, node in self.plan.nodes.items()}
         try:
             for name, runner in self.runners.items():
@@ -78,6 +79,15 @@ class Executor:
         self._schedules.clear()
         self._schedule(None)  # fail early on a bad condition
         self._started = True
+
+    def _join_ray(self) -> None:
+        """Nodes with backend: ray: join the cluster ($RAY_ADDRESS, else a private local one)
+        and check that their actors fit in it (PlacementError with the numbers)."""
+        if any(node.backend.is_ray for node in self.plan.nodes.values()):
+            from engine.backends.ray_cluster import check_cluster, connect
+
+            connect()
+            check_cluster(self.plan)
 
     def _runner(self, node: NodePlan) -> Runner:
         deliver = partial(self._deliver, node.name)

@@ -10,7 +10,10 @@ and dispatches to its node's instances through this small interface:
     instance.close()
 
 `LocalInstance`, the default, holds the node in this process; the runner calls it from the
-instance's own thread (torch, onnxruntime and faiss release the GIL). `instances_for` is the one
+instance's own thread (torch, onnxruntime and faiss release the GIL). `RayInstance`
+(engine/backends/ray_instance.py, `backend: ray`) holds it in a Ray actor; it also offers
+`ready` / `wait_ready()` (False while Ray restarts a dead actor), `state()` and, from `run_batch`,
+`ItemFailure` in place of the outputs of an item that failed alone. `instances_for` is the one
 place that chooses the kind of worker for a node's placement.
 """
 
@@ -73,5 +76,30 @@ class LocalInstance:
 
 
 def instances_for(node: NodePlan, base_dir: str | Path | None) -> list[Instance]:
-    """One worker per placed instance of `node` (today: local threads, the default backend)."""
+    """One worker per placed instance of `node`: local (the default), or a Ray actor each
+    (`backend: ray`, engine/backends/ray_instance.py; Ray is imported when one loads)."""
+    if node.backend.is_ray:
+        from engine.backends.ray_instance import RayInstance
+
+        return [RayInstance(node, placed, base_dir, i) for i, placed in enumerate(node.instances)]
     return [LocalInstance(node, placed, base_dir) for placed in node.instances]
+
+
+def instance_state(instance: Instance) -> dict:
+    """Where an instance runs and whether it is up: backend, ready, restarts, device (and, for
+    a Ray actor, its Ray node id, host and pid)."""
+    state = getattr(instance, "state", None)
+    if callable(state):
+        return state()
+    return {"backend": "local", "ready": True, "restarts": 0, "device": instance.device}
+
+
+def placement_statistics(instances: list[Instance]) -> dict:
+    """`placement` (instance_state of each), `instances_up` (those ready) and `restarts`
+    (summed: Ray actors that Ray restarted)."""
+    states = [instance_state(i) for i in instances]
+    return {
+        "placement": states,
+        "instances_up": sum(1 for s in states if s["ready"]),
+        "restarts": sum(s["restarts"] for s in states),
+    }

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InvalidInput, QueueFull, Unavailable, node_failure
-from engine.instance import Instance, instances_for
+from engine.instance import Instance, instances_for, placement_statistics
 from engine.plan import NodePlan
 from engine.runner import Done, OnDone, OnLoaded, WorkItem
 from engine.samples import RecentSamples
@@ -94,10 +94,13 @@ class Streamer:
         queues inside)."""
         if self._stopping or not self._ready:
             raise Unavailable.stopping(self.name)
+        # instances that are up (a Ray actor being restarted is skipped while others can serve)
+        up = [i for i in self._ready if getattr(i, "ready", True)] or self._ready
         for item in items:
-            index = next(self._turn) % len(self._ready)
+            instance = up[next(self._turn) % len(up)]
+            index = self._ready.index(instance)
             loop = item.ticket.loop or asyncio.get_running_loop()
-            task = loop.create_task(self._drive(self._ready[index], item, index))
+            task = loop.create_task(self._drive(instance, item, index))
             item.ticket.aborts.append(task.cancel)
         return []
 
@@ -120,7 +123,12 @@ class Streamer:
         except BaseException as exc:  # SystemExit too: it fails its request only
             if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
                 raise  # a cancelled request (or a real Ctrl-C) is not the node's failure
-            error = node_failure(self.name, item.request_id, exc)
+            # Unavailable: the instance is down (its actor died), not the node's failure
+            error = (
+                exc
+                if isinstance(exc, Unavailable)
+                else node_failure(self.name, item.request_id, exc)
+            )
             self._count("invalid" if isinstance(error, InvalidInput) else "failure", 0)
             self._on_done([Done(item, None, error, 0, 0, 0)])
             return
@@ -154,7 +162,13 @@ class Streamer:
                 merged[key] = merged.get(key, 0) + value
         if reports:
             stats[self.node_plan.kind] = merged
+        stats.update(placement_statistics(self._instances))
         return stats
+
+    @property
+    def healthy(self) -> bool:
+        """Every instance is serving (False while Ray restarts an instance's actor)."""
+        return all(getattr(i, "ready", True) for i in self._instances)
 
 
 def concat_deltas(chunks: list[np.ndarray]) -> np.ndarray:

@@ -125,7 +125,7 @@ outputs: {text: generate.text}
 nodes:
   generate:
     kind: llm
-    params: {dtype: fp32, kv_cache_bytes: 16777216, max_tokens: 400, ignore_eos: true}
+    params: {dtype: fp32, kv_cache_bytes: 33554432, max_tokens: 400, ignore_eos: true}
     inputs: {prompt: $inputs.prompt}
     placement: {backend: ray, resources: {num_cpus: 1}}
 """
