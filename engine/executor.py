@@ -80,6 +80,12 @@ class Executor:
         self._schedule(None)  # fail early on a bad condition
         self._started = True
 
+    def unready_nodes(self, names: list[str] | None = None) -> list[str]:
+        """The nodes (of `names`, default all) with an instance not serving now: a lost thread
+        reloading, or a Ray actor being restarted (or gone for good)."""
+        wanted = self.plan.nodes if names is None else names
+        return [n for n in wanted if not getattr(self.runners.get(n), "healthy", True)]
+
     def _join_ray(self) -> None:
         """Nodes with backend: ray: join the cluster ($RAY_ADDRESS, else a private local one)
         and check that their actors fit in it (PlacementError with the numbers)."""

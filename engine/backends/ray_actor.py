@@ -44,6 +44,7 @@ class NodeActor:
         # batches run one at a time, off the actor's event loop, so that statistics and
         # streams are answered while a batch computes
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="pipectl-actor")
+        self._closed_event: asyncio.Event | None = None
 
     async def info(self) -> dict:
         """Where this instance runs: Ray node id, host name, process id and device."""
@@ -73,9 +74,20 @@ class NodeActor:
         own = getattr(self._node, "statistics", None)
         return dict(own()) if callable(own) else {}
 
+    async def lifeline(self) -> None:
+        """Returns only once the actor is closed: the serving process keeps one such call
+        pending, so that it learns of the actor's death (the call fails) at once."""
+        await self._closed().wait()
+
     async def close(self) -> None:
-        """Release what the node loaded (the actor is killed next)."""
+        """Release what the node loaded and end the lifeline (the actor is killed next)."""
+        self._closed().set()
         self._node.close()
+
+    def _closed(self) -> asyncio.Event:
+        if self._closed_event is None:  # made on the actor's event loop
+            self._closed_event = asyncio.Event()
+        return self._closed_event
 
 
 def isolate_failures(node: Node, items: list[Item]) -> list[Item | ItemFailure]:

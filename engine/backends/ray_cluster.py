@@ -38,6 +38,8 @@ def connect(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's C++ crash handler would catch the server's SIGTERM (drain, then exit) and abort
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)

@@ -6,14 +6,19 @@
     async for delta in instance.stream(item): ...   # streaming kinds
     instance.close()
 
-When the actor's process dies, the call in flight raises `InstanceDied` (its items fail, naming
-the node), the instance turns not ready, and a watcher thread waits for Ray to restart the actor
-(up to the node's max_restarts), then counts the restart and turns it ready again. Once Ray has
-no restarts left, `dead` is set and every later call raises InstanceDied at once.
+A monitor thread keeps one call pending on the actor (`lifeline`, which returns only when the
+actor is closed), so a death is seen at once, with or without traffic. When the actor's process
+dies, the call in flight raises `InstanceDied` (its items fail, naming the node), the instance
+turns not ready, and the monitor waits for Ray to restart the actor (up to the node's
+max_restarts), then counts the restart and turns it ready again. Once Ray has no restarts left,
+`dead` is set and every later call raises InstanceDied at once.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +32,7 @@ from nodes.registry import get_kind
 
 _remote_class = None  # ray.remote(NodeActor), made once, on first use
 _RESTART_POLL_S = 0.2
+_serial = itertools.count()
 
 
 class InstanceDied(Unavailable):
@@ -63,7 +69,8 @@ class RayInstance:
         self._actor = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
+        self._monitor: threading.Thread | None = None
+        self._generation = 0  # incarnations of the actor seen so far (restarts + 1)
         self._closing = False
         self.dead = False
         self.restarts = 0
@@ -78,7 +85,10 @@ class RayInstance:
         if _remote_class is None:
             _remote_class = ray.remote(NodeActor)
         kind = get_kind(self.node.kind)
-        self._actor = _remote_class.options(**actor_options(self.node)).remote(
+        # `ray list actors` shows which node, instance and serving process an actor belongs to
+        host, serial = socket.gethostname(), next(_serial)
+        name = f"pipectl.{self.node.name}.{self.index}.{host}.{os.getpid()}.{serial}"
+        self._actor = _remote_class.options(name=name, **actor_options(self.node)).remote(
             kind, self.node.params, self._base_dir, self.device
         )
         try:
@@ -90,6 +100,10 @@ class RayInstance:
                 node=self.node.name,
             ) from exc
         self._ready.set()
+        self._monitor = threading.Thread(
+            target=self._watch, name=f"pipectl-{self.node.name}-{self.index}-monitor", daemon=True
+        )
+        self._monitor.start()
 
     def close(self) -> None:
         """Let the node release what it loaded, then end the actor."""
@@ -127,18 +141,18 @@ class RayInstance:
         actor's process dies meanwhile)."""
         import ray
 
-        self._check_alive()
+        generation = self._check_alive()
         try:
             return ray.get(self._actor.run_batch.remote(items))  # type: ignore[union-attr]
         except ray.exceptions.RayActorError as exc:
-            raise self._lost(exc) from exc
+            raise self._lost(exc, generation) from exc
 
     async def stream(self, item: Item) -> AsyncIterator[Item]:
         """The node's deltas for one item, from the actor. Leaving early cancels the actor's
         stream, which aborts the work inside it (the LLM frees the request's KV blocks)."""
         import ray
 
-        self._check_alive()
+        generation = self._check_alive()
         refs = self._actor.stream.options(num_returns="streaming").remote(item)  # type: ignore[union-attr]
         finished = False
         try:
@@ -147,7 +161,7 @@ class RayInstance:
             finished = True
         except ray.exceptions.RayActorError as exc:
             finished = True
-            raise self._lost(exc) from exc
+            raise self._lost(exc, generation) from exc
         except ray.exceptions.RayTaskError as exc:  # the node raised: re-raise its own error
             finished = True
             cause = getattr(exc, "cause", None)
@@ -170,9 +184,10 @@ class RayInstance:
         return report or None
 
     # ---- faults ------------------------------------------------------------------------------
-    def _check_alive(self) -> None:
+    def _check_alive(self) -> int:
         if self.dead or self._closing or self._actor is None:
             raise InstanceDied(self._message("is gone"), node=self.node.name)
+        return self._generation
 
     def _message(self, what: str) -> str:
         where = f"pid {self.info.get('pid', '?')} on Ray node {str(self.info.get('node_id'))[:12]}"
@@ -183,19 +198,33 @@ class RayInstance:
             f"{where}) {what}; restarts so far {self.restarts}, max_restarts {restarts}"
         )
 
-    def _lost(self, exc: BaseException) -> InstanceDied:
-        """The actor died under a call: turn not ready and watch for Ray's restart."""
+    def _lost(self, exc: BaseException, generation: int) -> InstanceDied:
+        """The actor died under a call: turn not ready (unless the monitor has already seen the
+        restart of that incarnation) until the monitor sees it back."""
         with self._lock:
-            self._ready.clear()
-            if self._watcher is None or not self._watcher.is_alive():
-                self._watcher = threading.Thread(
-                    target=self._watch, name=f"pipectl-{self.node.name}-restart", daemon=True
-                )
-                self._watcher.start()
+            if generation == self._generation:
+                self._ready.clear()
         return InstanceDied(self._message(f"died while computing ({_cause(exc)})"),
                             node=self.node.name)  # fmt: skip
 
     def _watch(self) -> None:
+        """The monitor: hold a `lifeline` call; when it fails, wait for the restart."""
+        import ray
+
+        while not self._closing:
+            try:
+                ray.get(self._actor.lifeline.remote())  # type: ignore[union-attr]
+                return  # the actor was closed
+            except ray.exceptions.RayError:
+                if self._closing:
+                    return
+            with self._lock:
+                self._ready.clear()
+            if not self._wait_for_restart():
+                return
+
+    def _wait_for_restart(self) -> bool:
+        """Poll the actor until Ray has restarted it (True) or it is dead for good (False)."""
         import ray
 
         while not self._closing:
@@ -203,18 +232,19 @@ class RayInstance:
                 info = ray.get(self._actor.info.remote(), timeout=30)  # type: ignore[union-attr]
             except ray.exceptions.ActorDiedError:
                 self.dead = True  # no restarts left
-                self._ready.set()
-                return
+                self._ready.set()  # wake wait_ready(): it answers False now
+                return False
             except (ray.exceptions.RayError, TimeoutError):
                 time.sleep(_RESTART_POLL_S)  # still restarting
                 continue
-            if info.get("pid") != self.info.get("pid") or info.get("node_id") != self.info.get(
-                "node_id"
-            ):
-                self.restarts += 1
-            self.info = info
-            self._ready.set()
-            return
+            with self._lock:
+                if (info["pid"], info["node_id"]) != (self.info["pid"], self.info["node_id"]):
+                    self.restarts += 1  # a new process: Ray restarted the actor
+                    self._generation += 1
+                self.info = info
+                self._ready.set()
+            return True
+        return False
 
 
 def _cause(exc: BaseException) -> str:

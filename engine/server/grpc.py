@@ -17,7 +17,7 @@ from engine.server import describe, tensors
 from engine.server.auth import ApiKey
 from engine.server.kserve_body import NOT_SUPPORTED
 from engine.server.model_control import model_control
-from engine.server.repository import READY, Repository, ServedModel
+from engine.server.repository import Repository, ServedModel
 from nodes.dtypes import kserve_dtype
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -141,7 +141,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self.repo.get(request.name, request.version)
         except RequestError as exc:
             await self._abort(context, exc)
-        return pb.ModelReadyResponse(ready=model.state == READY and not self.repo.draining)
+        return pb.ModelReadyResponse(ready=self.repo.model_ready(model))
 
     async def ServerMetadata(self, request, context):
         return _parse(pb.ServerMetadataResponse, describe.server_metadata())

@@ -16,7 +16,7 @@ from engine.errors import InvalidInput, RequestError
 from engine.options import RequestOptions
 from engine.server import describe, kserve_body, tensors
 from engine.server.model_control import model_control
-from engine.server.repository import READY, Repository, ServedModel
+from engine.server.repository import Repository, ServedModel
 
 log = logging.getLogger("pipectl.server")
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -209,7 +209,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
 
     async def model_ready(request):
         model = model_of(request)
-        return web.Response(status=200 if model.state == READY and not repo.draining else 503)
+        return web.Response(status=200 if repo.model_ready(model) else 503)
 
     async def model_config(request):
         return web.json_response(describe.model_config(model_of(request)))

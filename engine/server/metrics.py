@@ -46,7 +46,9 @@ class PipelineCollector:
             "a lost instance reloads)", labels=labels,
         )  # fmt: skip
         restarts = CounterMetricFamily(
-            "pipectl_node_instance_restarts", "instances lost and restarted", labels=labels
+            "pipectl_node_instance_restarts",
+            "instances lost and restarted (a thread, or a Ray actor whose process died)",
+            labels=labels,
         )
         req = {
             "ok": CounterMetricFamily("pipectl_requests_success", "requests answered", labels=["model"]),

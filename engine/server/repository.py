@@ -110,6 +110,16 @@ class Repository:
             )
         )  # fmt: skip
 
+    def model_ready(self, model: ServedModel) -> bool:
+        """Loaded, not draining, and every instance of its nodes up (a node whose Ray actor is
+        being restarted reports not ready meanwhile; its other instances keep serving)."""
+        if model.state != READY or self.draining:
+            return False
+        executor = getattr(model.family, "executor", None)
+        if executor is None:
+            return False
+        return not executor.unready_nodes(None if model.node is None else [model.node])
+
     def get(self, name: str, version: str = "") -> ServedModel:
         """The model called `name` (at `version`; its default version when ""); NotFound lists
         the models."""
