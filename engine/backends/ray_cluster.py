@@ -44,7 +44,13 @@ def connect(address: str | None = None) -> None:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+            # "local": always a new instance, never one a `ray start` left on this machine
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                logging_level="WARNING",
+                _node_ip_address="127.0.0.1",
+            )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"at {address}" if address else "locally"
         raise Unavailable(f"cannot start or join a Ray cluster {where}: {exc}") from exc
