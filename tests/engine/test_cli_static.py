@@ -129,12 +129,17 @@ def test_plan_command(capsys, write_pipeline):
 
 def test_validate_in_a_fresh_process_does_not_import_torch(write_pipeline):
     bad = write_pipeline(BAD)
+    on_ray = write_pipeline(
+        PYTHON.read_text().replace("nodes:", "defaults: {placement: {backend: ray}}\nnodes:"),
+        "on_ray.yaml",
+    )
+    (on_ray.parent / "steps.py").write_text(PYTHON.with_name("steps.py").read_text())
     code = (
         "import runpy, sys\n"
         "runpy.run_path('tests/engine/static_kinds.py')\n"
         "from engine.cli import main\n"
-        f"rc = main(['validate', {str(GOOD)!r}, {str(PYTHON)!r}, {str(bad)!r}])\n"
-        "heavy = sorted(m for m in ('torch', 'faiss', 'onnxruntime', 'transformers', 'grpc')"
+        f"rc = main(['validate', {str(GOOD)!r}, {str(PYTHON)!r}, {str(on_ray)!r}, {str(bad)!r}])\n"
+        "heavy = sorted(m for m in ('torch', 'faiss', 'onnxruntime', 'transformers', 'grpc', 'ray')"
         " if m in sys.modules)\n"
         "print('heavy:', heavy)\n"
         "sys.exit(rc)\n"
@@ -151,6 +156,7 @@ def test_validate_in_a_fresh_process_does_not_import_torch(write_pipeline):
     assert "heavy: []" in proc.stdout
     assert f"{bad}:9: E-GRAPH-UNKNOWN-PIPELINE-INPUT" in proc.stdout
     assert f"{PYTHON}: ok, 0 warning(s)" in proc.stderr
+    assert f"{on_ray}: ok, 0 warning(s)" in proc.stderr
     schema = subprocess.run(
         [sys.executable, "-m", "engine.cli", "schema"],
         check=False,
