@@ -61,7 +61,9 @@ def start_cluster(log: Path) -> RayCluster:
         port = _free_port()
     cluster = RayCluster(f"127.0.0.1:{port}", temp_dir, log)
     env = dict(os.environ, **ENV)
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
+    # a small object store each: CI containers often have a small /dev/shm
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats",
+              "--object-store-memory", str(256 << 20)]  # fmt: skip
     head = [RAY, "start", "--head", "--port", str(port), "--temp-dir", temp_dir,
             "--include-dashboard=false", "--ray-client-server-port", str(_free_port()),
             "--dashboard-agent-listen-port", str(_free_port()),
