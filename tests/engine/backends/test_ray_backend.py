@@ -107,7 +107,7 @@ def test_a_killed_actor_fails_only_its_in_flight_items_and_comes_back(ray_cluste
 
         def restarted():
             stats = ex.statistics()["double"]
-            return stats["restarts"] == 1 and stats["instances_ready"] == 2
+            return stats["restarts"] == 1 and stats["instances_up"] == 2
 
         _wait(restarted, what="the killed actor restarted")
         back = ex.statistics()["double"]["placement"][0]

@@ -79,8 +79,8 @@ def test_serve_a_ray_pipeline_to_tritonclient(ray_cluster, tmp_path):
             assert got["ids"].tolist() == want.outputs["ids"].tolist()
             np.testing.assert_allclose(got["scores"], want.outputs["scores"], rtol=1e-5, atol=1e-6)
         metrics = _get(f"{base}/metrics")[1]
-        assert _metric(metrics, "pipectl_node_instances_ready", "encode") == 1
-        assert _metric(metrics, "pipectl_node_restarts", "encode") == 0
+        assert _metric(metrics, "pipectl_node_instances_up", "encode") == 1
+        assert _metric(metrics, "pipectl_node_instance_restarts", "encode") == 0
 
         os.kill(_actor_pid("encode"), signal.SIGKILL)
         seen: list[int] = []
@@ -91,8 +91,8 @@ def test_serve_a_ray_pipeline_to_tritonclient(ray_cluster, tmp_path):
             time.sleep(0.05)
         assert _get(f"{base}/v2/models/search_zones.search/ready")[0] == 200  # only encode
         metrics = _get(f"{base}/metrics")[1]
-        assert _metric(metrics, "pipectl_node_restarts", "encode") == 1
-        assert _metric(metrics, "pipectl_node_instances_ready", "encode") == 1
+        assert _metric(metrics, "pipectl_node_instance_restarts", "encode") == 1
+        assert _metric(metrics, "pipectl_node_instances_up", "encode") == 1
         got = _infer(client, QUERIES[0])
         assert got["ids"].tolist() == local[0].outputs["ids"].tolist()
     finally:
