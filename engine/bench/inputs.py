@@ -27,7 +27,7 @@ def build_requests(
         if not sep:
             raise ValueError(f"--input {pair!r}: expected NAME=VALUE")
         spec = _spec(specs, name, "--input")
-        defaults[name] = _coerce(name, spec, parse_value(spec, text), "--input")
+        defaults[name] = _coerce(name, spec, parse_value(spec, text, name), "--input")
     if not path:
         if check_missing:
             _complete(specs, defaults, "--input")

@@ -78,6 +78,18 @@ def make_target(spec: str, model: str | None, api_key: str | None, outputs: list
     )
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Durations and limits that cannot describe a run are refused by option name."""
+    for option, value, ok, rule in (
+        ("--duration", args.duration, args.duration > 0, "> 0 seconds"),
+        ("--warmup", args.warmup, args.warmup >= 0, ">= 0 seconds"),
+        ("--max-concurrency", args.max_concurrency, args.max_concurrency >= 1, ">= 1"),
+        ("--target-p99-ms", args.target_p99_ms, (args.target_p99_ms or 1) > 0, "> 0 ms"),
+    ):
+        if not ok:  # NaN fails every rule: it compares false
+            raise ValueError(f"{option} must be {rule}, not {value}")
+
+
 def _levels(text: str) -> list[int]:
     try:
         levels = [int(x) for x in text.split(",") if x.strip()]
@@ -136,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = [o.strip() for o in args.outputs.split(",")] if args.outputs else None
     try:
         _levels(args.concurrency)
+        _check_numbers(args)
         target = make_target(args.target, args.model, args.api_key, outputs)
         report = _event_loop_run(bench(args, target))
     except (BenchError, PipelineError, ValueError, OSError) as exc:

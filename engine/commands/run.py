@@ -117,12 +117,13 @@ def parse_inputs(plan: Plan, pairs: list[str]) -> dict[str, np.ndarray]:
         if not sep:
             raise ValueError(f"--input {pair!r}: expected NAME=VALUE")
         spec = _input_spec(plan, name)
-        inputs[name] = coerce_input(name, spec, parse_value(spec, text))
+        inputs[name] = coerce_input(name, spec, parse_value(spec, text, name))
     return inputs
 
 
-def parse_value(spec: TensorSpec, text: str) -> Any:
-    """Text for BYTES (a JSON list where the shape holds several values); JSON otherwise."""
+def parse_value(spec: TensorSpec, text: str, name: str = "") -> Any:
+    """Text for BYTES (a JSON list where the shape holds several values); JSON otherwise.
+    Raises ValueError naming the input `name`."""
     if spec.dtype == "BYTES":
         several = any(d != 1 for d in spec.shape)
         if several and text.lstrip().startswith("["):
@@ -136,7 +137,9 @@ def parse_value(spec: TensorSpec, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise ValueError(f"{text!r} is not a number or a JSON list ({spec.dtype})") from None
+        raise ValueError(
+            f"--input {name}: {text!r} is not a number or a JSON list ({spec.dtype})"
+        ) from None
 
 
 def _input_spec(plan: Plan, name: str) -> TensorSpec:

@@ -88,7 +88,12 @@ def test_target_p99_search(pipeline, capsys):
         (["--input", "y=1"], "unknown input 'y'; inputs: x"),
         ([], "missing input 'x'"),
         (["--input", "x=[1]", "-c", "0"], "levels must be at least 1"),
-        (["--input", "x=abc"], "'abc' is not a number"),
+        (["--input", "x=abc"], "--input x: 'abc' is not a number"),
+        (["--input", "x=[1]", "--duration", "0"], "--duration must be > 0 seconds, not 0.0"),
+        (["--input", "x=[1]", "--duration", "nan"], "--duration must be > 0 seconds, not nan"),
+        (["--input", "x=[1]", "--warmup", "-3"], "--warmup must be >= 0 seconds, not -3.0"),
+        (["--input", "x=[1]", "--target-p99-ms", "-5"], "--target-p99-ms must be > 0 ms"),
+        (["--input", "x=[1]", "--max-concurrency", "0"], "--max-concurrency must be >= 1"),
     ],
 )
 def test_bad_arguments_are_named(pipeline, capsys, args, message):
