@@ -20,7 +20,6 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Any
 
 import numpy as np
 from aiohttp import web
@@ -50,18 +49,6 @@ async def openai_errors(request: web.Request, handler):
         return _error(str(exc), HTTP_STATUS.get(exc.status, 500))
 
 
-def _text(content: Any) -> str:
-    """Message content as text (a string, or a list of content parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [p.get("text", "") for p in content if isinstance(p, dict)]
-        if not all(isinstance(t, str) for t in texts):
-            raise InvalidInput("a content part's 'text' must be a string")
-        return "".join(texts)
-    return "" if content is None else str(content)
-
-
 def _bytes_input(model: ServedModel) -> str:
     names = [n for n, s in model.inputs.items() if s.dtype == "BYTES" and not s.optional]
     if len(names) != 1:
@@ -75,15 +62,7 @@ def _bytes_input(model: ServedModel) -> str:
 def build_inputs(model: ServedModel, body: dict, *, chat: bool) -> dict[str, np.ndarray]:
     """Pipeline inputs (batch of one) for a chat or completion request."""
     if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidInput("'messages' must be a non-empty list")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict):
-                raise InvalidInput(f"'messages[{i}]' must be an object with 'role' and 'content'")
-        messages = [
-            {"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages
-        ]
+        messages = openai_fields.chat_messages(body.get("messages"))
         users = [m["content"] for m in messages if m["role"] == "user"]
         text = users[-1] if users else messages[-1]["content"]
     else:

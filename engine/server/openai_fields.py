@@ -85,9 +85,12 @@ SAMPLING = {
     "ignore_eos": ("ignore_eos", _boolean),
     "min_tokens": ("min_tokens", _integer(0)),
 }
-# fields the routes handle themselves
-ROUTE_FIELDS = {"model", "messages", "prompt", "stream", "stream_options", "n", "user",
-                "response_format", "logprobs", "top_logprobs", "echo"}  # fmt: skip
+# fields the routes handle themselves; a chat has no `prompt`, a completion no `messages`
+ROUTE_FIELDS = {"model", "stream", "stream_options", "n", "user", "response_format", "logprobs",
+                "top_logprobs", "echo"}  # fmt: skip
+ENDPOINT_FIELDS = {True: "messages", False: "prompt"}
+# chat roles (OpenAI's, less `tool` and `function`: tools are refused)
+ROLES = ("system", "developer", "user", "assistant")
 # fields accepted only at their "off" value: anything else is refused by name
 OFF_VALUES = {
     "logit_bias": ({}, None), "tools": ([], None), "tool_choice": ("none", None),
@@ -106,8 +109,11 @@ def _refuse(field: str, why: str) -> InvalidInput:
 def check_fields(body: dict, *, chat: bool) -> None:
     """Refuse, by name, every field that is unknown or set to something we cannot honour."""
     for field, value in body.items():
-        if field in SAMPLING or field in ROUTE_FIELDS:
+        if field in SAMPLING or field in ROUTE_FIELDS or field == ENDPOINT_FIELDS[chat]:
             continue
+        if field == ENDPOINT_FIELDS[not chat]:
+            other = "/v1/completions" if chat else "/v1/chat/completions"
+            raise _refuse(field, f"this endpoint takes {ENDPOINT_FIELDS[chat]!r}; use {other}")
         if field in OFF_VALUES:
             if value not in OFF_VALUES[field]:
                 raise _refuse(field, f"pipectl serves text generation only (got {value!r})")
@@ -115,11 +121,18 @@ def check_fields(body: dict, *, chat: bool) -> None:
         raise _refuse(field, "not a field pipectl knows for this endpoint")
     n = body.get("n")
     if n is not None and n != 1:
-        raise _refuse("n", f"one choice per request (n=1), got {n!r}; send {n!r} requests")
+        raise _refuse("n", f"one choice per request (n=1), got {n!r}; send separate requests")
     fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if fmt is not None and not isinstance(fmt, dict):
+        raise InvalidInput(f"'response_format' must be an object {{'type': ...}}, not {fmt!r}")
+    if fmt is not None and fmt.get("type") != "text":
+        kind = fmt.get("type")
         raise _refuse("response_format", f"only type 'text' (no structured output), got {kind!r}")
+    if body.get("stream") is not None:
+        _boolean("stream", body["stream"])
+    low, high = body.get("min_tokens"), body.get("max_completion_tokens", body.get("max_tokens"))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) and low > high:
+        raise InvalidInput(f"'min_tokens' ({low}) must be at most 'max_tokens' ({high})")
     if body.get("echo") not in (None, False):
         raise _refuse("echo", "the prompt is not repeated in the answer")
     options = body.get("stream_options")
@@ -131,6 +144,49 @@ def check_fields(body: dict, *, chat: bool) -> None:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidInput(f"'user' must be a string, not {user!r}")
+
+
+def _content(where: str, content: Any) -> str:
+    """A message's content as text: a string, or a list of text parts (OpenAI's
+    `{"type": "text", "text": ...}`); any other part (image, audio, file) is refused by name."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidInput(
+            f"'{where}' must be a string or a list of text parts, not {content!r:.60}"
+        )
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else part
+            raise _refuse(f"{where}[{j}]", f"only text parts, got {kind!r:.40}")
+        if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+            raise InvalidInput(f"'{where}[{j}]' must be {{'type': 'text', 'text': str}}")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """`messages` checked and flattened to [{"role", "content": str}]. Each message needs a
+    `role` of ROLES and a `content`; any other key (`name`, `tool_calls`...) is refused by name.
+    Raises InvalidInput naming `messages[i].field`."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInput("'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidInput(f"'{where}' must be an object with 'role' and 'content'")
+        for key in m:
+            if key not in ("role", "content"):
+                raise _refuse(f"{where}.{key}", "a message has only 'role' and 'content' here")
+        if m.get("role") not in ROLES:
+            roles = ", ".join(ROLES)
+            raise InvalidInput(f"'{where}.role' must be one of {roles}, not {m.get('role')!r:.40}")
+        if "content" not in m:
+            raise InvalidInput(f"'{where}.content' is missing")
+        out.append({"role": m["role"], "content": _content(f"{where}.content", m["content"])})
+    return out
 
 
 def logprobs_wanted(body: dict, *, chat: bool) -> tuple[bool, int]:

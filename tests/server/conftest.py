@@ -138,3 +138,13 @@ def http_client(server):
     client = httpclient.InferenceServerClient(server.http_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def openai_client(server):
+    """The `openai` package's client on the server's /v1, with the key, no retries."""
+    openai = pytest.importorskip("openai")
+    with openai.OpenAI(
+        base_url=f"http://{server.http_url}/v1", api_key=API_KEY, max_retries=0, timeout=120
+    ) as c:
+        yield c

@@ -461,14 +461,6 @@ def test_grpc(stub, session, server, request_pb, code, words):
     assert out.tolist() == [2, 4, 6, 8]
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(
-        base_url=f"http://{server.http_url}/v1", api_key=API_KEY, max_retries=0, timeout=120
-    ) as c:
-        yield c
-
-
 _HI = [{"role": "user", "content": "Hi"}]
 OPENAI = [
     ("max-tokens-0", {"max_tokens": 0}, "max_tokens"),
@@ -488,15 +480,15 @@ OPENAI = [
 
 
 @pytest.mark.parametrize(("fields", "words"), [c[1:] for c in OPENAI], ids=[c[0] for c in OPENAI])
-def test_openai(client, session, server, fields, words):
+def test_openai(openai_client, session, server, fields, words):
     body = {"model": "chat", "messages": _HI} | fields
     messages = body.pop("messages")
     with pytest.raises(openai.BadRequestError, match=re.escape(words)):
-        client.chat.completions.create(messages=messages, **body)
+        openai_client.chat.completions.create(messages=messages, **body)
     _still_serving(session, server)
 
 
-def test_llm_client_mistakes_are_not_node_failures(client, session, server):
+def test_llm_client_mistakes_are_not_node_failures(openai_client, session, server):
     def failures() -> float:
         text = session.get(f"http://{server.http_url}/metrics", timeout=30).text
         line = next(
@@ -508,7 +500,7 @@ def test_llm_client_mistakes_are_not_node_failures(client, session, server):
     before = failures()
     for fields in ({"max_tokens": 0}, {"temperature": -1}, {"stop": [""]}):
         with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model="chat", messages=_HI, **fields)
+            openai_client.chat.completions.create(model="chat", messages=_HI, **fields)
     assert failures() == before
-    reply = client.chat.completions.create(model="chat", messages=_HI, max_tokens=2)
+    reply = openai_client.chat.completions.create(model="chat", messages=_HI, max_tokens=2)
     assert reply.choices[0].finish_reason in ("stop", "length")
