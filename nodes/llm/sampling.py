@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,10 +43,10 @@ class SamplingParams:
         object.__setattr__(self, "score_token_ids", tuple(self.score_token_ids))
         for ok, field, rule in (
             (self.max_tokens >= 1, "max_tokens", ">= 1"),
-            (self.temperature >= 0, "temperature", ">= 0 (0 is greedy)"),
+            (0 <= self.temperature < math.inf, "temperature", "finite and >= 0 (0 is greedy)"),
             (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
             (self.top_k >= 0, "top_k", ">= 0 (0 = off)"),
-            (self.repetition_penalty > 0, "repetition_penalty", "> 0"),
+            (0 < self.repetition_penalty < math.inf, "repetition_penalty", "finite and > 0"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty", "in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "in [-2, 2]"),
             (self.min_tokens >= 0, "min_tokens", ">= 0"),
