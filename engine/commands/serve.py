@@ -168,6 +168,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model_control_mode != "none" and not args.model_repository:
         print("pipectl serve: --model-control-mode needs --model-repository", file=sys.stderr)
         return 2
+    try:
+        otlp_endpoint = endpoint_from(args.otlp_endpoint)
+    except ValueError as exc:
+        print(f"pipectl serve: {exc}", file=sys.stderr)
+        return 2
     model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes",
                   "speculative_config")  # fmt: skip
     stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
@@ -201,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         model_control_mode=args.model_control_mode,
         repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model),
-        otlp_endpoint=endpoint_from(args.otlp_endpoint),
+        otlp_endpoint=otlp_endpoint,
     )
     ray_address.apply(args)
     run_loop = asyncio.run

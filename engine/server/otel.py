@@ -44,8 +44,25 @@ def traces_url(endpoint: str) -> str:
 
 
 def endpoint_from(option: str | None) -> str | None:
-    """`--otlp-endpoint`, else $OTEL_EXPORTER_OTLP_ENDPOINT, else None (tracing off)."""
-    return option or os.environ.get(ENV_ENDPOINT) or None
+    """`--otlp-endpoint`, else $OTEL_EXPORTER_OTLP_ENDPOINT, else None (tracing off).
+    Raises ValueError naming its source when it is not an http(s)://HOST[:PORT] URL (the SDK
+    would take any string and fail on every export, in a background thread)."""
+    from urllib.parse import urlsplit
+
+    endpoint = option or os.environ.get(ENV_ENDPOINT) or None
+    if endpoint is None:
+        return None
+    try:
+        url = urlsplit(endpoint)
+        url.port  # noqa: B018 (a port out of range or not a number raises here)
+    except ValueError as exc:
+        url, why = None, str(exc)
+    if url is not None and (url.scheme not in ("http", "https") or not url.hostname):
+        why = "expected the collector's OTLP/HTTP URL, e.g. http://127.0.0.1:4318"
+    elif url is not None:
+        return endpoint
+    source = "--otlp-endpoint" if option else f"${ENV_ENDPOINT}"
+    raise ValueError(f"{source} {endpoint!r}: {why}")
 
 
 class OtelTracer:

@@ -7,6 +7,8 @@ conditional node is marked, a client's W3C traceparent is honoured on both proto
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
@@ -16,7 +18,7 @@ import pytest
 
 from engine.compiler import compile_file
 from engine.server.otel import endpoint_from, traces_url
-from tests.server.conftest import DATA, start_server, stop_server
+from tests.server.conftest import DATA, ROOT, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra: pip install 'pipectl[otel]'")
@@ -129,6 +131,22 @@ def test_endpoint_comes_from_the_flag_or_the_environment(monkeypatch):
     assert endpoint_from("http://other:4318/") == "http://other:4318/"
     assert traces_url("http://other:4318/") == "http://other:4318/v1/traces"
     assert traces_url("http://c:4318/v1/traces") == "http://c:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")
+    with pytest.raises(ValueError, match=r"\$OTEL_EXPORTER_OTLP_ENDPOINT 'collector:4318'"):
+        endpoint_from(None)
+
+
+@pytest.mark.parametrize("endpoint", ["garbage", "ftp://c:4318", "http://c:99999", "http://"])
+def test_serve_refuses_an_endpoint_that_is_no_url(endpoint):
+    """The SDK takes any string and then fails every export in a background thread: the
+    server used to start and serve while sending no trace anywhere."""
+    command = [sys.executable, "-m", "engine.cli", "serve", str(DATA / "echo.yaml"),
+               "--grpc-port", "0", "--http-port", "0", "--otlp-endpoint", endpoint]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"--otlp-endpoint {endpoint!r}" in done.stderr
 
 
 class _Collector(BaseHTTPRequestHandler):
