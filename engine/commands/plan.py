@@ -94,6 +94,9 @@ def _fits_ray_cluster(plan: Plan, address: str) -> bool:
 
     if not ray_nodes(plan):
         return True
+    import ray
+
+    joined = not ray.is_initialized()
     try:
         connect(address)
         check_cluster(plan)
@@ -101,9 +104,8 @@ def _fits_ray_cluster(plan: Plan, address: str) -> bool:
         print(f"{plan.file}: placement: {exc}", file=sys.stderr)
         return False
     finally:
-        import ray
-
-        ray.shutdown()
+        if joined:
+            ray.shutdown()
     return True
 
 

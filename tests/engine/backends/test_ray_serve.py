@@ -1,12 +1,15 @@
 """`pipectl serve --ray-address` on the two-node Ray cluster: a pipeline file with backend: ray is
 served to tritonclient, answers as the local backend does, and an actor killed under it turns its
-node not ready, is restarted by Ray, is counted in /metrics, and serves again."""
+node not ready, is restarted by Ray, is counted in /metrics, and serves again. `pipectl plan
+--ray-address` checks the resources against the cluster."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -23,6 +26,7 @@ from tests.server.conftest import start_server, stop_server
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PIPELINE = Path(__file__).parent / "data" / "search_zones.yaml"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _infer(client, text: str) -> dict[str, np.ndarray]:
@@ -98,3 +102,35 @@ def test_serve_a_ray_pipeline_to_tritonclient(ray_cluster, tmp_path):
     finally:
         client.close()
         assert stop_server(srv) == 0, srv.log_text()
+
+
+def test_plan_checks_ray_resources_against_the_cluster(ray_cluster, tmp_path):
+    def plan(path: Path) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "plan",
+            str(path),
+            "--ray-address",
+            ray_cluster.address,
+        ]
+        return subprocess.run(
+            cmd,
+            check=False,
+            cwd=ROOT,
+            env=ray_cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    fits = plan(PIPELINE)
+    assert fits.returncode == 0, fits.stderr
+    assert "ray CPU=0.5 zone_a=1 max_restarts=3" in fits.stdout
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(PIPELINE.read_text().replace("zone_b", "zone_c"))
+    refused = plan(elsewhere)
+    assert refused.returncode == 1
+    assert "node 'search' (backend ray) asks for {CPU 0.5, zone_c 1} per instance" in refused.stderr
+    assert "no Ray node has that much zone_c" in refused.stderr
