@@ -4,8 +4,9 @@
 
 1. hop: one `run_batch` call through a Ray actor (a `python` identity node) against the same
    call on a local instance, for batches of 1 and 64 items of [384] fp32 and one item of 16 MiB.
-   The difference is the cost of one Ray hop per batch; 2 x 16 MiB / time is the object store's
-   throughput (the arrays go there and back).
+   The difference is the cost of one Ray hop per batch; the CPU time of this process per call is
+   what a hop costs the serving process; 2 x 16 MiB / time is the object store's throughput (the
+   arrays go there and back).
 2. search: pipelines/search.yaml at 1 and 32 closed-loop clients, local threads against each
    node in a Ray actor (num_cpus 0.5 each), through `pipectl bench`'s in-process driver.
 3. python: a Python-bound `python` node (a pure-Python loop over the text, which holds the GIL)
@@ -95,22 +96,31 @@ def hop(folder: Path, rounds: int) -> None:
     print(
         f"\n### one batch through a Ray actor against a local call ({time.strftime('%Y-%m-%d')})\n"
     )
-    print("| batch | local µs | Ray actor µs (rounds) | Ray hop µs | object store MB/s |")
-    print("|---|---|---|---|---|")
+    print(
+        "| batch | local µs | Ray actor µs (rounds) | Ray hop µs | serving-process CPU µs per hop "
+        "| object store MB/s |"
+    )
+    print("|---|---|---|---|---|---|")
     for label, (items, calls) in cases.items():
-        times = {"local": [], "ray": []}
+        times: dict[str, list[float]] = {"local": [], "ray": []}
+        cpu: list[float] = []
         for _ in range(rounds):
             for name, instance in (("local", local), ("ray", remote)):
                 instance.run_batch(items)  # warm
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 for _ in range(calls):
                     instance.run_batch(items)
                 times[name].append((time.perf_counter() - start) / calls * 1e6)
+                if name == "ray":  # this process's threads, Ray's core worker included
+                    cpu.append((time.process_time() - cpu_start) / calls * 1e6)
         lo, ra = statistics.median(times["local"]), statistics.median(times["ray"])
         size = sum(i["x"].nbytes for i in items)
         rate = f"{2 * size / (ra * 1e-6) / 1e6:,.0f}" if size > 1 << 20 else "-"
         each = ", ".join(f"{t:,.0f}" for t in times["ray"])
-        print(f"| {label} | {lo:,.0f} | {ra:,.0f} ({each}) | {ra - lo:,.0f} | {rate} |")
+        front = statistics.median(cpu)
+        print(
+            f"| {label} | {lo:,.0f} | {ra:,.0f} ({each}) | {ra - lo:,.0f} | {front:,.0f} | {rate} |"
+        )
     remote.close()
     local.close()
 
