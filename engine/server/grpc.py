@@ -247,6 +247,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         await write(pb.ModelStreamInferResponse(infer_response=response))
             except RequestError as exc:
                 await write(pb.ModelStreamInferResponse(error_message=str(exc)))
+            except Exception as exc:  # a bug of ours: logged, answered in band, stream serves on
+                log.exception("unexpected error in ModelStreamInfer")
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                await write(pb.ModelStreamInferResponse(error_message=message))
 
         try:
             async for request in request_iterator:

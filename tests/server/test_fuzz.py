@@ -133,6 +133,10 @@ SEEN: dict[str, set[int]] = {}
 
 
 def _no_5xx(response: requests.Response, kind: str) -> None:
+    """No 5xx, except the 504 of a request whose own (fuzzed) `timeout` passed: the client asked
+    for that deadline, and on a loaded machine a few ms may pass before the answer."""
+    if response.status_code == 504 and "passed its deadline" in response.text:
+        return
     assert response.status_code < 500, response.text[:500]
     SEEN.setdefault(kind, set()).add(response.status_code)
 
