@@ -19,8 +19,30 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
+from engine.bench.procs import ClientProcesses
 from engine.bench.targets import Inputs, NodeCounters, Sample, Target
 from engine.samples import percentiles
+
+
+async def clients(
+    target: Target,
+    requests: list[Inputs],
+    concurrency: int,
+    start_at: float,
+    stop_at: float,
+    samples: list[Sample],
+) -> None:
+    """`concurrency` closed-loop clients until `stop_at` (perf_counter s); the samples that end
+    after `start_at` go to `samples`."""
+    order = itertools.count()
+
+    async def client() -> None:
+        while time.perf_counter() < stop_at:
+            sample = await target.call(requests[next(order) % len(requests)])
+            if sample.end >= start_at:  # ended in the window (or after it: dropped later)
+                samples.append(sample)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
 
 
 async def run_level(
@@ -30,21 +52,21 @@ async def run_level(
     duration_s: float,
     warmup_s: float = 2.0,
     progress: bool = True,
+    helpers: ClientProcesses | None = None,
 ) -> dict:
-    """Drive `target` with `concurrency` clients over `requests` (round robin); summarise."""
+    """Drive `target` with `concurrency` clients over `requests` (round robin); summarise.
+    With `helpers`, the clients are shared among this process and the helper processes (they
+    start during the warm-up, so give it the ~1-2 s a process takes to start)."""
     from tqdm import tqdm
 
-    order = itertools.count()
     samples: list[Sample] = []
     now = time.perf_counter()
     start_at, stop_at = now + warmup_s, now + warmup_s + duration_s
     counters: list[dict[str, NodeCounters]] = []
-
-    async def client() -> None:
-        while time.perf_counter() < stop_at:
-            sample = await target.call(requests[next(order) % len(requests)])
-            if sample.end >= start_at:  # ended in the window (or after it: dropped later)
-                samples.append(sample)
+    procs = 1 + min(helpers.count, concurrency - 1) if helpers is not None else 1
+    shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    if helpers is not None and procs > 1:
+        helpers.start(requests, shares[1:], start_at, stop_at)
 
     async def clock() -> None:
         bar = tqdm(total=round(duration_s), unit="s", desc=f"concurrency {concurrency}",
@@ -62,7 +84,9 @@ async def run_level(
         counters.append(await target.counters())
         bar.close()
 
-    await asyncio.gather(clock(), *(client() for _ in range(concurrency)))
+    await asyncio.gather(clock(), clients(target, requests, shares[0], start_at, stop_at, samples))
+    if helpers is not None and procs > 1:
+        samples += helpers.collect(timeout_s=60 + duration_s)
     return summarise(samples, concurrency, duration_s, stop_at, counters, target.streaming)
 
 

@@ -54,6 +54,10 @@ def add_parser(subparsers) -> None:
         "--api-key", default=os.environ.get("PIPECTL_API_KEY"),
         help="sent as 'authorization: Bearer KEY' (default: $PIPECTL_API_KEY)",
     )  # fmt: skip
+    parser.add_argument(
+        "--client-procs", type=int, default=1, metavar="N",
+        help="share the clients among N processes (server targets only; default: 1)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -85,6 +89,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         ("--warmup", args.warmup, args.warmup >= 0, ">= 0 seconds"),
         ("--max-concurrency", args.max_concurrency, args.max_concurrency >= 1, ">= 1"),
         ("--target-p99-ms", args.target_p99_ms, (args.target_p99_ms or 1) > 0, "> 0 ms"),
+        ("--client-procs", args.client_procs, args.client_procs >= 1, ">= 1"),
     ):
         if not ok:  # NaN fails every rule: it compares false
             raise ValueError(f"{option} must be {rule}, not {value}")
@@ -110,9 +115,15 @@ async def bench(args: argparse.Namespace, target) -> dict:
     try:
         requests = build_requests(target.inputs, args.input, args.input_file, target.knows_optional)
 
+        helpers = None
+        if args.client_procs > 1:
+            from engine.bench.procs import ClientProcesses
+
+            helpers = ClientProcesses(args.client_procs - 1, args.target, target.name, args.api_key)
+
         async def measure(n: int) -> dict:
             return await run_level(
-                target, requests, n, args.duration, args.warmup, not args.no_progress
+                target, requests, n, args.duration, args.warmup, not args.no_progress, helpers
             )
 
         report: dict = {"target": target.description, "model": target.name,
@@ -149,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         _levels(args.concurrency)
         _check_numbers(args)
+        if args.client_procs > 1 and not args.target.startswith(("grpc://", "http")):
+            raise ValueError(
+                "--client-procs needs a server URL: a pipeline file runs in this process"
+            )
         target = make_target(args.target, args.model, args.api_key, outputs)
         report = _event_loop_run(bench(args, target))
     except (BenchError, PipelineError, ValueError, OSError) as exc:

@@ -64,3 +64,21 @@ def test_streamed_outputs_report_ttft_itl_and_tokens(stream_server, capsys, sche
     assert 0 < ttft["p50"] <= latency["p50"]
     assert itl["p50"] > 0  # several deltas per request
     assert level["tokens_per_s"] >= level["rps"]  # at least one token per request
+
+
+def test_clients_shared_among_processes(server, capsys):
+    report = _bench(capsys, f"grpc://{server.grpc_url}", "--model", "echo", "-c", "4",
+                    "--client-procs", "2", "--warmup", "3",
+                    "--input", "text=hi", "--input", "x=[1,2,3,4]")  # fmt: skip
+    (level,) = report["levels"]
+    assert level["requests"] > 0 and level["errors"] == 0, level
+    node = level["nodes"]["upper"]
+    # the server saw about what both processes counted (items in flight at the edges differ)
+    assert node["items"] >= level["requests"] * 0.5
+
+
+def test_client_procs_need_a_server(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text("apiVersion: pipectl/v1\n")
+    assert main(["bench", str(path), "--client-procs", "2", *QUICK]) == 1
+    assert "--client-procs needs a server URL" in capsys.readouterr().err
