@@ -55,6 +55,10 @@ async def errors_middleware(request: web.Request, handler):
             },
             status=413,
         )
+    except web.RequestPayloadError as exc:  # e.g. a body that is not the gzip it claims
+        response = error_response(InvalidInput(f"request body could not be read: {exc}"))
+        response.force_close()  # the connection's parser is broken: say so, or clients reuse it
+        return response
     except web.HTTPException:
         raise
     except Exception as exc:  # a bug of ours: logged, answered in JSON

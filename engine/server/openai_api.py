@@ -26,7 +26,7 @@ from aiohttp import web
 
 from engine.errors import InvalidInput, RequestError
 from engine.server import openai_fields, tensors
-from engine.server.http import HTTP_STATUS
+from engine.server.http import HTTP_STATUS, loads
 from engine.server.repository import Repository, ServedModel
 
 USAGE_OUTPUTS = ("prompt_tokens", "completion_tokens")
@@ -47,6 +47,10 @@ async def openai_errors(request: web.Request, handler):
         return await handler(request)
     except RequestError as exc:
         return _error(str(exc), HTTP_STATUS.get(exc.status, 500))
+    except web.RequestPayloadError as exc:  # e.g. a body that is not the gzip it claims
+        response = _error(f"request body could not be read: {exc}", 400)
+        response.force_close()  # the connection's parser is broken: say so, or clients reuse it
+        return response
 
 
 def _bytes_input(model: ServedModel) -> str:
@@ -108,10 +112,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
     """The OpenAI-compatible routes over `repo`."""
 
     async def read(request) -> dict:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        body = loads(await request.read())
         if not isinstance(body, dict):
             raise InvalidInput("request body must be a JSON object")
         return body

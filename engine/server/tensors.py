@@ -153,7 +153,13 @@ def from_json(name: str, datatype: str, shape, data: Any) -> np.ndarray:
                 f"input {name!r}: BYTES data must be strings, got {type(bad).__name__} {bad!r:.40}"
             )
         out = np.empty(count, dtype=object)
-        out[:] = [v.encode() for v in flat]
+        try:
+            out[:] = [v.encode() for v in flat]
+        except UnicodeEncodeError as exc:  # JSON allows lone surrogates ("\ud800"); UTF-8 not
+            raise InvalidInput(
+                f"input {name!r}: BYTES data is not valid Unicode text: {exc.reason} "
+                f"({exc.object[exc.start : exc.end]!a})"
+            ) from None
         return out.reshape(shape)
     return typed_array(name, datatype, flat).reshape(shape)
 

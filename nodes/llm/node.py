@@ -170,6 +170,14 @@ def _messages(array: np.ndarray) -> list[dict]:
                 f'llm: messages[{i}] must be {{"role": str, "content": str}}, got {m!r:.60}',
                 field="messages",
             )
+        try:  # JSON allows lone surrogates ("\ud800"); the tokenizer does not
+            (m["role"] + m["content"]).encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(
+                f"llm: messages[{i}] is not valid Unicode text: {exc.reason} "
+                f"({exc.object[exc.start : exc.end]!a})",
+                field="messages",
+            ) from None
     return messages
 
 
