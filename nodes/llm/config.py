@@ -87,10 +87,15 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int = 1  # torch intra-op threads; 0 leaves torch's setting (see bench/llm.py)
     speculative: SpeculativeConfig | None = None  # n-gram speculation (nodes/llm/speculative.py)
+    # weights at run time: auto (GGUF stays quantized, HF dense) | none | int8 | int4 (nodes/llm/quant.py)
+    quantization: str = "auto"
 
     def __post_init__(self):
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"dtype {self.dtype!r} unsupported; dtypes: auto, bf16, fp16, fp32")
+        if self.quantization not in ("auto", "none", "int8", "int4"):
+            raise ValueError(f"quantization {self.quantization!r} unsupported; "
+                             "choose from auto, none, int8, int4")  # fmt: skip
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         lows = {"kv_cache_bytes": 1, "max_num_seqs": 1, "max_num_batched_tokens": 1,

@@ -79,7 +79,8 @@ class LLMEngine:
         self.config = dataclasses.replace(config, dtype=self.dtype.dtype)
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
-        model_config, weights = load_weights(model)
+        keep = self.config.quantization != "none" and self.config.device.startswith("cpu")
+        model_config, weights = load_weights(model, keep_quantized=keep)
         self.model_config = model_config
         self.tokenizer = Tokenizer(model)
         self.runner = ModelRunner(model_config, weights, self.config)

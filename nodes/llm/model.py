@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from nodes.llm.attention import AttentionMetadata, attend
 from nodes.llm.config import ModelConfig
+from nodes.llm.quant import QuantizedWeight, as_float, cat_rows, make_linear, resolve
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -39,33 +40,51 @@ def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None)
 class LlamaModel:
     """Weights and forward pass; `forward` computes logits only at `logits_indices`."""
 
-    def __init__(self, config: ModelConfig, weights: dict, dtype: str, device: str, max_len: int):
+    def __init__(
+        self, config: ModelConfig, weights: dict, dtype: str, device: str, max_len: int,
+        quantization: str = "auto",
+    ):  # fmt: skip
         self.config = config
         self.dtype = DTYPES[dtype]
         self.device = torch.device(device)
 
         def w(name):
-            return weights[name].to(device=self.device, dtype=self.dtype).contiguous()
+            return as_float(weights[name]).to(device=self.device, dtype=self.dtype).contiguous()
 
-        self.embed = w("embed_tokens.weight")
+        weights = dict(weights)  # fused entries are added; the caller's dict stays as it was
+        names = []
+        for i in range(config.num_layers):
+            p = f"layers.{i}."
+            qkv = [weights.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"]
+            weights[p + "qkv"] = cat_rows(qkv)
+            gate_up = [weights.pop(p + f"mlp.{x}_proj.weight") for x in ("gate", "up")]
+            weights[p + "gate_up"] = cat_rows(gate_up)
+            names += [p + x for x in ("qkv", "self_attn.o_proj.weight", "gate_up")]
+            names.append(p + "mlp.down_proj.weight")
+        head = "embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+        linears = resolve(weights, names, head, quantization)
+        embed = weights["embed_tokens.weight"]
+        if isinstance(embed, QuantizedWeight) and self.device.type == "cpu":
+            self.embed = embed  # rows dequantized per lookup
+        else:
+            self.embed = w("embed_tokens.weight")
         self.norm = w("norm.weight")
-        lm_head = "embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
-        self.lm_head = self.embed if config.tie_word_embeddings else w(lm_head)
+
+        def linear(name):
+            return make_linear(linears.pop(name), self.dtype, self.device)
+
+        self.lm_head = linear(head)
         self.layers = []
         for i in range(config.num_layers):
             p = f"layers.{i}."
-            qkv = torch.cat([weights[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
-            gate_up = torch.cat(
-                [weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]]
-            )
             self.layers.append(
                 (
                     w(p + "input_layernorm.weight"),
-                    qkv.to(self.device, self.dtype).contiguous(),
-                    w(p + "self_attn.o_proj.weight"),
+                    linear(p + "qkv"),
+                    linear(p + "self_attn.o_proj.weight"),
                     w(p + "post_attention_layernorm.weight"),
-                    gate_up.to(self.device, self.dtype).contiguous(),
-                    w(p + "mlp.down_proj.weight"),
+                    linear(p + "gate_up"),
+                    linear(p + "mlp.down_proj.weight"),
                 )
             )
         inv_freq = rope_inv_freq(config, weights.get("rope_freqs"))
@@ -94,19 +113,20 @@ class LlamaModel:
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         half = head_dim // 2
-        x = F.embedding(input_ids, self.embed)
-        for (ln1, qkv_w, o_w, ln2, gate_up_w, down_w), (k_cache, v_cache) in zip(
+        if isinstance(self.embed, QuantizedWeight):
+            x = self.embed.embedding(input_ids).to(self.dtype)
+        else:
+            x = F.embedding(input_ids, self.embed)
+        for (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj), (k_cache, v_cache) in zip(
             self.layers, kv_caches
         ):
-            qkv = F.linear(self._rms_norm(x, ln1), qkv_w).view(
-                tokens, heads + 2 * kv_heads, head_dim
-            )
+            qkv = qkv_proj(self._rms_norm(x, ln1)).view(tokens, heads + 2 * kv_heads, head_dim)
             qk = qkv[:, : heads + kv_heads]
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin
             q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
-            x = x + F.linear(attend(q, k, v, k_cache, v_cache, meta), o_w)
-            gate, up = F.linear(self._rms_norm(x, ln2), gate_up_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, down_w)
+            x = x + o_proj(attend(q, k, v, k_cache, v_cache, meta))
+            gate, up = gate_up_proj(self._rms_norm(x, ln2)).chunk(2, dim=-1)
+            x = x + down_proj(F.silu(gate) * up)
         x = self._rms_norm(x[logits_indices], self.norm)
-        return F.linear(x, self.lm_head).float()
+        return self.lm_head(x).float()

@@ -53,6 +53,7 @@ class LLMParams(NodeParams):
     | model                  | SmolLM2-135M GGUF  | GGUF file or HF folder (pkg: or a path)        |
     | dtype                  | auto               | auto, bf16, fp16 or fp32 (auto: the device's   |
     |                        |                    | native dtype, nodes/compute_dtype.py)          |
+    | quantization           | auto               | auto, none, int8, int4 (weights at run time)   |
     | block_size             | 16                 | tokens per KV block                            |
     | kv_cache_bytes         | 512 MiB            | KV cache budget                                |
     | max_num_seqs           | 64                 | sequences running at once                      |
@@ -71,6 +72,7 @@ class LLMParams(NodeParams):
 
     model: str = DEFAULT_MODEL
     dtype: DtypeName = "auto"
+    quantization: Literal["auto", "none", "int8", "int4"] = "auto"
     block_size: int = Field(16, ge=1)
     kv_cache_bytes: int = Field(512 << 20, ge=1 << 16)
     max_num_seqs: int = Field(64, ge=1)
@@ -113,6 +115,7 @@ class LLMParams(NodeParams):
             max_num_batched_tokens=self.max_num_batched_tokens, max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching, num_threads=self.threads,
             speculative=self.speculative.config() if self.speculative else None,
+            quantization=self.quantization,
         )  # fmt: skip
 
     def sampling(self, **overrides):
@@ -230,10 +233,16 @@ class LLMNode(Node):
             size = sum(f.stat().st_size for f in files)
         except (FileNotFoundError, OSError):
             size = 0
-        # GGUF 4-bit ~0.56 bytes/parameter; dequantized to 2 (bf16/fp16) or 4 (fp32, and auto,
-        # sized as the largest it resolves to) bytes
-        elem = 2 if params.dtype in ("bf16", "fp16") else 4
-        weights = size * elem * 2 if str(params.model).endswith(".gguf") else size * elem // 2
+        # GGUF 4-bit ~0.56 bytes/parameter, kept so (quantization auto) or dequantized to 2
+        # (bf16/fp16) or 4 (fp32, and dtype auto, sized as the largest it resolves to) bytes; HF
+        # checkpoints 2 or 4 bytes, ~1.2 (int8) or ~0.7 (int4) when quantized at load
+        dense = 2 if params.dtype in ("bf16", "fp16") else 4
+        elem = {"int8": 1.2, "int4": 0.7}.get(params.quantization, dense)
+        gguf = str(params.model).endswith(".gguf")
+        if gguf and params.quantization == "auto":
+            weights = size * 2  # codes plus fp32 scales/offsets, and the LM head as int8
+        else:
+            weights = int(size * elem * 2 if gguf else size * elem / 2)
         return weights + params.kv_cache_bytes
 
     def load(self, device: str) -> None:

@@ -20,7 +20,9 @@ class ModelRunner:
         self.device = torch.device(config.device)
         max_len = min(config.max_model_len, model_config.max_position_embeddings)
         self.max_model_len = max_len
-        self.model = LlamaModel(model_config, weights, config.dtype, config.device, max_len)
+        self.model = LlamaModel(
+            model_config, weights, config.dtype, config.device, max_len, config.quantization
+        )
         dtype, kv, hd = DTYPES[config.dtype], model_config.num_kv_heads, model_config.head_dim
         block_bytes = 2 * model_config.num_layers * self.block_size * kv * hd * dtype.itemsize
         self.num_blocks = config.kv_cache_bytes // block_bytes  # K and V of every layer

@@ -1,7 +1,9 @@
 """Weights and config from a Hugging Face folder (config.json + safetensors) or a GGUF file.
 
 Tensors come back under Hugging Face names without the `model.` prefix
-(`layers.0.self_attn.q_proj.weight`), as float32 on CPU; the model casts them to its dtype.
+(`layers.0.self_attn.q_proj.weight`), as float32 on CPU; the model casts them to its dtype. With
+`keep_quantized`, GGUF Q8_0/Q4_0/Q4_1 matrices come back as `QuantizedWeight` (codes, scales,
+offsets read straight from ggml's blocks, see nodes/llm/quant.py) instead of being dequantized.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from nodes.llm.config import ModelConfig
+from nodes.llm.quant import GROUP, QuantizedWeight
 
 _GGUF_LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -35,13 +38,16 @@ _GGUF_TOP_NAMES = {
 _GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 
 
-def load_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The model config and float32 tensors of a HF folder or a `.gguf` file."""
+def load_weights(
+    path: str | Path, keep_quantized: bool = False
+) -> tuple[ModelConfig, dict[str, torch.Tensor | QuantizedWeight]]:
+    """The model config and float32 tensors of a HF folder or a `.gguf` file; with
+    `keep_quantized`, GGUF's quantized matrices as `QuantizedWeight`."""
     path = Path(path)
     if path.is_dir():
         return _load_hf_folder(path)
     if path.suffix == ".gguf" and path.is_file():
-        return _load_gguf(path)
+        return _load_gguf(path, keep_quantized)
     raise FileNotFoundError(f"{path}: expected a Hugging Face model folder or a .gguf file")
 
 
@@ -106,7 +112,32 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _load_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def gguf_blocks(data: np.ndarray, kind: str, shape: tuple[int, int]) -> QuantizedWeight:
+    """A ggml Q8_0/Q4_0/Q4_1 matrix (raw bytes [N, row bytes]) as codes, scales and offsets.
+
+    Layouts (ggml-common.h, blocks of 32 along K): Q8_0 = d:f16, qs:int8[32], x = d*q;
+    Q4_0 = d:f16, qs:u8[16], x = d*(q - 8); Q4_1 = d:f16, m:f16, qs:u8[16], x = d*q + m; a 4-bit
+    block stores element j in the low nibble of qs[j] and element j + 16 in its high nibble.
+    """
+    n, k = shape
+    blocks = np.ascontiguousarray(data).reshape(n, k // GROUP, -1)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if kind == "Q8_0":
+        codes = blocks[..., 2:].copy().view(np.int8).reshape(n, k)
+        return QuantizedWeight("int8", torch.from_numpy(codes), torch.from_numpy(d), None, GROUP)
+    head = 2 if kind == "Q4_0" else 4
+    qs = blocks[..., head:]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, k)
+    if kind == "Q4_0":
+        offset = -8 * d
+    else:
+        offset = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    return QuantizedWeight(
+        "int4", torch.from_numpy(codes), torch.from_numpy(d), torch.from_numpy(offset), GROUP
+    )
+
+
+def _load_gguf(path: Path, keep_quantized: bool = False) -> tuple[ModelConfig, dict]:
     import gguf
     from gguf.quants import dequantize
 
@@ -117,18 +148,25 @@ def _load_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         kind = t.tensor_type.name
         if kind not in _GGUF_TYPES:
             raise ValueError(f"{path}: tensor {t.name} is {kind}; supported: {_GGUF_TYPES}")
-        array = dequantize(t.data, t.tensor_type)
+        if keep_quantized and kind in ("Q8_0", "Q4_0", "Q4_1"):
+            shape = (int(t.shape[1]), int(t.shape[0]))  # ggml lists dims innermost first
+            array = gguf_blocks(t.data, kind, shape)
+        else:
+            array = dequantize(t.data, t.tensor_type)
         match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", t.name)
         if match:
             layer, part = match.groups()
-            if part == "attn_q":
-                array = _unpermute(array, config.num_heads)
-            elif part == "attn_k":
-                array = _unpermute(array, config.num_kv_heads)
+            heads = {"attn_q": config.num_heads, "attn_k": config.num_kv_heads}.get(part)
+            if heads is not None and isinstance(array, QuantizedWeight):
+                array = array.rows(lambda rows, h=heads: _unpermute(rows, h))
+            elif heads is not None:
+                array = _unpermute(array, heads)
             name = f"layers.{layer}.{_GGUF_LAYER_NAMES[part]}.weight"
         elif t.name in _GGUF_TOP_NAMES:
             name = _GGUF_TOP_NAMES[t.name]
         else:
             raise ValueError(f"{path}: unexpected tensor {t.name}")
-        tensors[name] = torch.from_numpy(np.array(array, dtype=np.float32))  # writable copy
+        if not isinstance(array, QuantizedWeight):
+            array = torch.from_numpy(np.array(array, dtype=np.float32))  # writable copy
+        tensors[name] = array
     return config, tensors

@@ -26,7 +26,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
-    engine = LLMEngine(smollm2_path, EngineConfig(dtype="fp32", kv_cache_bytes=64 << 20))
+    engine = LLMEngine(
+        smollm2_path, EngineConfig(dtype="fp32", kv_cache_bytes=64 << 20, quantization="none")
+    )
     yield engine
     engine.shutdown()
 
