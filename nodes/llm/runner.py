@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from nodes.llm.attention import AttentionMetadata, triton_available
+from nodes.llm.attention import AttentionMetadata, new_kv_cache, triton_available
 from nodes.llm.config import EngineConfig, ModelConfig
 from nodes.llm.model import DTYPES, LlamaModel
 from nodes.llm.sequence import Sequence
@@ -28,13 +28,10 @@ class ModelRunner:
         self.num_blocks = config.kv_cache_bytes // block_bytes  # K and V of every layer
         if self.num_blocks < 1:
             raise ValueError(f"kv_cache_bytes={config.kv_cache_bytes} holds no block of KV")
-        # zeros, not garbage: masked padding still goes through a matmul, and NaN * 0 is NaN
-        shape = (self.num_blocks, self.block_size, kv, hd)
+        shape = (self.num_blocks, self.block_size, kv, hd, dtype, self.device)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=self.device),
-             torch.zeros(shape, dtype=dtype, device=self.device))
-            for _ in range(model_config.num_layers)
-        ]  # fmt: skip
+            (new_kv_cache(*shape), new_kv_cache(*shape)) for _ in range(model_config.num_layers)
+        ]
         self.use_triton = triton_available(config.device)
 
     def run(self, batch: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
