@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--thread-sweep", action="store_true",
                     help="also time ours at 1 and 2 threads (16 prompts x 32 tokens)")  # fmt: skip
     ap.add_argument("--hf-batch1-prompts", type=int, default=8)
+    ap.add_argument("--quantization", default="none",
+                    help="ours: none (the same dense weights as transformers), auto, int8, int4")  # fmt: skip
     args = ap.parse_args()
     n, plen, new, shared = (8, 100, 16, 200) if args.quick else (64, 100, 128, 1000)
     b1 = 2 if args.quick else args.hf_batch1_prompts
@@ -120,7 +122,7 @@ def main() -> None:
     rows = []
     for dtype in args.dtypes.split(","):
         config = EngineConfig(dtype=dtype, kv_cache_bytes=1 << 30, max_num_seqs=max(n, 8),
-                              num_threads=args.threads)  # fmt: skip
+                              num_threads=args.threads, quantization=args.quantization)  # fmt: skip
         engine = LLMEngine(path, config)
         prompts = make_prompts(engine.tokenizer, n, plen)
         engine.generate(prompts[:2], SamplingParams(max_tokens=4, temperature=0))  # warm up

@@ -99,9 +99,9 @@ stop_server() {
 }
 trap stop_server EXIT
 
-wait_ready() {  # $1: base url; $2: log
+wait_ready() {  # $1: readiness url (200 once the model is loaded); $2: log
   for _ in $(seq 900); do
-    if curl -sf "$1/models" >/dev/null 2>&1; then return 0; fi
+    if curl -sf "$1" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then echo "server died; see $2" >&2; tail -20 "$2" >&2; exit 1; fi
     sleep 1
   done
@@ -120,7 +120,7 @@ run_vllm() {
     --model "$MODEL_DIR" --served-model-name smollm2 --dtype "$TORCH_DTYPE" \
     --max-model-len 2048 --host 127.0.0.1 --port "$PORT_V" > "$OUT/vllm.log" 2>&1 &
   SERVER_PID=$!
-  wait_ready "http://127.0.0.1:$PORT_V/v1" "$OUT/vllm.log"
+  wait_ready "http://127.0.0.1:$PORT_V/health" "$OUT/vllm.log"
   echo "# vLLM ready after $((SECONDS - start)) s"
   measure "vLLM-CPU $DTYPE" "http://127.0.0.1:$PORT_V/v1" smollm2
   stop_server
@@ -131,7 +131,7 @@ run_pipectl() {  # $1: quantization
   "$PY" -m engine.cli serve "$OUT/llm-$1.yaml" --grpc-port 0 --http-port "$PORT_P" \
     > "$OUT/pipectl-$1.log" 2>&1 &
   SERVER_PID=$!
-  wait_ready "http://127.0.0.1:$PORT_P/v1" "$OUT/pipectl-$1.log"
+  wait_ready "http://127.0.0.1:$PORT_P/v2/health/ready" "$OUT/pipectl-$1.log"
   echo "# pipectl ($1) ready after $((SECONDS - start)) s"
   measure "pipectl $DTYPE quantization=$1" "http://127.0.0.1:$PORT_P/v1" llm
   stop_server

@@ -1,0 +1,136 @@
+"""The LLM engine's decode step at batch 64 against its matmul bound, and where the step goes.
+
+    .venv/bin/python bench/llm_step.py [--dtype fp32] [--quantization none] [--threads 1]
+
+64 prompts of ~100 tokens are prefilled, then decode steps (one token for each of the 64
+sequences, sampling included) are timed. The matmul bound is the same step's linear layers and
+LM head alone: the model's own projection callables (packed weights, same threads) run on random
+[64, K] inputs back to back. Steps and bound alternate in rounds so both see the same machine
+load; medians are printed with their ratio (issue 13's target: within 1.4x). Then
+torch.profiler samples five steps and the self time of its ops is grouped: linears, attention
+(gather, matmuls, softmax, cache writes), element-wise (RMSNorm, RoPE, SiLU, adds), sampling,
+and the rest (Python, tensor creation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench.llm import MODEL, make_prompts
+from nodes.llm.config import EngineConfig
+from nodes.llm.engine import LLMEngine
+from nodes.llm.sampling import SamplingParams
+from nodes.paths import resolve_path
+
+GROUPS = {
+    "linears": ("mm", "addmm", "_mkl_linear", "_linear_pointwise", "_weight_int8pack_mm",
+                "_weight_int4pack_mm_for_cpu", "linear"),
+    "attention": ("bmm", "index_select", "copy_", "_softmax", "index_copy_", "matmul",
+                  "_scaled_dot_product_flash_attention_for_cpu", "clone", "contiguous"),
+    "element-wise": ("mul", "add", "add_", "mul_", "silu", "rms_norm", "_fused_rms_norm", "pow",
+                     "mean", "rsqrt", "cat", "neg", "sum", "div_", "embedding", "index", "_to_copy"),
+    "sampling": ("argmax", "topk", "sort", "softmax", "log_softmax", "gather", "max"),
+}  # fmt: skip
+
+
+def decoding_engine(dtype: str, quantization: str, threads: int, batch: int = 64) -> LLMEngine:
+    """An engine whose `batch` sequences are past their prompts: every step() is one decode."""
+    config = EngineConfig(dtype=dtype, quantization=quantization, kv_cache_bytes=1 << 30,
+                          max_num_seqs=batch, num_threads=threads)  # fmt: skip
+    engine = LLMEngine(resolve_path(MODEL), config)
+    params = SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True)
+    for prompt in make_prompts(engine.tokenizer, batch, 100):
+        engine.add_request(prompt, params)
+    sched = engine.scheduler
+    while sched.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in sched.running):
+        engine.step()
+    return engine
+
+
+def matmul_bound(engine: LLMEngine, batch: int = 64):
+    """A function running every linear of one decode step (layers and LM head) on [batch, K]."""
+    cfg, model = engine.model_config, engine.runner.model
+    attn = cfg.num_heads * cfg.head_dim
+    widths = (cfg.hidden_size, attn, cfg.hidden_size, cfg.intermediate_size)
+    dtype = model.dtype
+    inputs = {k: torch.randn(batch, k).to(dtype) for k in {*widths, cfg.hidden_size}}
+    calls = [(layer[i], inputs[k]) for layer in model.layers for i, k in zip((1, 2, 4, 5), widths)]
+    calls.append((model.lm_head, inputs[cfg.hidden_size]))
+
+    @torch.inference_mode()
+    def run():
+        for fn, x in calls:
+            fn(x)
+
+    return run
+
+
+def timed(fn, times: list[float], n: int) -> None:
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+
+
+def breakdown(engine: LLMEngine, steps: int = 5) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+    shares: dict[str, float] = dict.fromkeys([*GROUPS, "other ops"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.removeprefix("aten::").removeprefix("mkl::").removeprefix("mkldnn::")
+        group = next((g for g, ops in GROUPS.items() if name in ops), "other ops")
+        shares[group] += event.self_cpu_time_total / 1e6
+    return shares
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--quantization", default="none")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = decoding_engine(args.dtype, args.quantization, args.threads)
+    bound = matmul_bound(engine)
+    steps: list[float] = []
+    mats: list[float] = []
+    for _ in range(args.rounds):
+        timed(engine.step, steps, 3)
+        timed(bound, mats, 3)
+    step, mat = statistics.median(steps), statistics.median(mats)
+    print(f"# bench/llm_step.py {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: dtype "
+          f"{args.dtype}, quantization {args.quantization}, {args.threads} thread(s), "
+          f"CPU {torch.backends.cpu.get_cpu_capability()}, load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"decode step at 64: median {step * 1e3:.0f} ms (min {min(steps) * 1e3:.0f}); matmul "
+          f"bound {mat * 1e3:.0f} ms (min {min(mats) * 1e3:.0f}); step / bound "
+          f"{step / mat:.2f}x (of minima {min(steps) / min(mats):.2f}x); "
+          f"{64 / step:.1f} tokens/s")  # fmt: skip
+    start = time.perf_counter()
+    shares = breakdown(engine)
+    wall = time.perf_counter() - start
+    ops = sum(shares.values())
+    shares["outside ops (Python, waiting for a core)"] = max(0.0, wall - ops)
+    print(
+        "\n| part of the step | ms per step | share of op time | share of wall |\n|---|---|---|---|"
+    )
+    for name, seconds in shares.items():
+        of_ops = f"{seconds / ops:.0%}" if name in GROUPS or name == "other ops" else ""
+        print(f"| {name} | {seconds / 5 * 1e3:.0f} | {of_ops} | {seconds / wall:.0%} |")
+    engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()
