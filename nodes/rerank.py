@@ -51,6 +51,9 @@ class RerankParams(NodeParams):
     prompt: str = Field(DEFAULT_JUDGE_PROMPT, description="llm_judge: the question, {query} first")
     chat: bool = Field(True, description="llm_judge: wrap the prompt in the model's chat template")
     kv_cache_mb: int = Field(256, ge=16, description="llm_judge: KV cache budget")
+    quantization: Literal["auto", "none", "int8", "int4"] = Field(
+        "auto", description="llm_judge: the llm node's `quantization` (auto keeps a GGUF quantized)"
+    )
     prior_weight: float = Field(0.0, description="weight of the `prior` input in the score")
 
     @model_validator(mode="after")
@@ -152,6 +155,7 @@ class RerankNode(Node):
                 batch_size=p.batch_size,
                 max_length=p.max_length,
                 kv_cache_mb=p.kv_cache_mb,
+                quantization=p.quantization,
             )
 
     def run_batch(self, items: list[Item]) -> list[Item]:

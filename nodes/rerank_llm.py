@@ -30,6 +30,7 @@ class LLMJudgeScorer:
         batch_size: int = 32,
         max_length: int = 512,
         kv_cache_mb: int = 256,
+        quantization: str = "auto",
     ):
         from nodes.llm import shared
         from nodes.llm.config import EngineConfig
@@ -42,6 +43,7 @@ class LLMJudgeScorer:
             kv_cache_bytes=kv_cache_mb << 20,
             max_num_seqs=batch_size,
             max_num_batched_tokens=max(2048, batch_size),
+            quantization=quantization,
         )
         # shared with an `llm` node (or another judge) of the same model and engine config
         self.engine = shared.acquire(model, config)

@@ -304,8 +304,9 @@ JUDGED = [  # (question, the one on-topic passage)
 @pytest.fixture(scope="module")
 def judge():
     node = RerankNode(
-        RerankParams(backend="llm_judge", model=SMOLLM2, dtype="fp32", top_n=2, max_length=128)
-    )
+        RerankParams(backend="llm_judge", model=SMOLLM2, dtype="fp32", top_n=2, max_length=128,
+                     quantization="none")  # the dense weights transformers computes with
+    )  # fmt: skip
     node.load("cpu")
     yield node
     node.close()
