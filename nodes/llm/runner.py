@@ -43,7 +43,8 @@ class ModelRunner:
     def prepare(self, batch: list[tuple[Sequence, int]]):
         """Flat model inputs: (input_ids, positions, metadata, logits_indices, samplers)."""
         bs = self.block_size
-        batch = sorted(batch, key=lambda item: item[1] > 1)  # decodes first (stable)
+        # decodes first (stable); a speculative check is decode rows too, one per position
+        batch = sorted(batch, key=lambda item: item[1] > 1 and not item[0].num_draft)
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -59,9 +60,9 @@ class ModelRunner:
             pos = range(start, start + n)
             positions += pos
             slots += [table[p // bs] * bs + p % bs for p in pos]
-            if n == 1 and not prefills:
-                decode_tables.append(table)
-                decode_lens.append(start + 1)
+            if (n == 1 or seq.num_draft) and not prefills:
+                decode_tables += [table] * n  # each position sees the cache up to itself
+                decode_lens += range(start + 1, start + n + 1)
             else:
                 blocks = torch.tensor(table[: -(-(start + n) // bs)], device=self.device)
                 prefills.append((first, n, start + n, blocks))
