@@ -241,6 +241,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
 
     async def embeddings(request):
         body = await read(request)
+        openai_fields.check_embedding_fields(body)
         model = pipeline(body)
         texts = body.get("input")
         if isinstance(texts, str):
@@ -264,6 +265,7 @@ def routes(repo: Repository) -> list[web.RouteDef]:
             model.name, inputs, [vectors[0]], traceparent=request.headers.get("traceparent")
         )
         matrix = out[vectors[0]].astype(np.float32).reshape(len(texts), -1)
+        openai_fields.check_dimensions(body, model.name, matrix.shape[1])
         b64 = body.get("encoding_format") == "base64"
         data = [
             {"object": "embedding", "index": i,

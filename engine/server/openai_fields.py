@@ -146,6 +146,33 @@ def check_fields(body: dict, *, chat: bool) -> None:
         raise InvalidInput(f"'user' must be a string, not {user!r}")
 
 
+EMBEDDING_FIELDS = ("model", "input", "encoding_format", "dimensions", "user")
+
+
+def check_embedding_fields(body: dict) -> None:
+    """/v1/embeddings: refuse, by name, an unknown field or a value we cannot honour
+    (`dimensions` is checked against the vectors once they exist: see `check_dimensions`)."""
+    for field in body:
+        if field not in EMBEDDING_FIELDS:
+            raise _refuse(field, "not a field pipectl knows for this endpoint")
+    fmt = body.get("encoding_format")
+    if fmt not in (None, "float", "base64"):
+        raise InvalidInput(f"'encoding_format' must be 'float' or 'base64', not {fmt!r:.40}")
+    if body.get("dimensions") is not None:
+        _integer(1)("dimensions", body["dimensions"])
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidInput(f"'user' must be a string, not {user!r:.40}")
+
+
+def check_dimensions(body: dict, model: str, dim: int) -> None:
+    """`dimensions` is honoured only as the model's own size (no truncation: these vectors are
+    not trained Matryoshka-style, so a cut would not be an embedding)."""
+    asked = body.get("dimensions")
+    if asked is not None and asked != dim:
+        raise _refuse("dimensions", f"pipeline {model!r} returns {dim} dimensions, got {asked}")
+
+
 def _content(where: str, content: Any) -> str:
     """A message's content as text: a string, or a list of text parts (OpenAI's
     `{"type": "text", "text": ...}`); any other part (image, audio, file) is refused by name."""
