@@ -66,6 +66,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    timeout = args.timeout
+    if timeout is not None and not 0 < timeout < float("inf"):  # NaN fails it too
+        print(f"error: --timeout must be a number of seconds > 0, not {timeout}", file=sys.stderr)
+        return 1
+    if args.concurrency < 1:
+        print(f"error: --concurrency must be >= 1, not {args.concurrency}", file=sys.stderr)
+        return 1
     plan = compile_or_report(args.file)
     if plan is None:
         return 1

@@ -100,6 +100,9 @@ def test_streamed_outputs_print_as_they_come(write_pipeline, capsys):
         (["--input", "text=a", "--input", "scale=x"], "'x' is not a number"),
         (["--input", "text=a", "--outputs", "zz"], "unknown output 'zz'; outputs: upper, n"),
         ([], "missing input 'text'"),
+        (["--input", "text=a", "--timeout", "-1"], "--timeout must be a number of seconds > 0"),
+        (["--input", "text=a", "--timeout", "nan"], "--timeout must be a number of seconds > 0"),
+        (["--input", "text=a", "-c", "0"], "--concurrency must be >= 1, not 0"),
     ],
 )
 def test_bad_requests_are_reported(write_pipeline, capsys, argv, message):
