@@ -233,14 +233,10 @@ def routes(repo: Repository) -> list[web.RouteDef]:
     async def repository_control(request):
         name, action = request.match_info["model"], request.match_info["action"]
         body = await request.read()
-        params = {}
-        if body.strip():
-            try:
-                params = json.loads(body).get("parameters") or {}
-            except (ValueError, AttributeError):
-                raise InvalidInput(
-                    f'{action}: the body must be {{"parameters": {{...}}}}'
-                ) from None
+        parsed = loads(body) if body.strip() else {}
+        params = parsed.get("parameters") or {} if isinstance(parsed, dict) else None
+        if not isinstance(params, dict):  # {"parameters": 5} was a TypeError, a 500
+            raise InvalidInput(f'{action}: the body must be {{"parameters": {{...}}}}')
         control = model_control(repo, action, dict(params))
         await (control.load(name) if action == "load" else control.unload(name))
         return web.json_response({})

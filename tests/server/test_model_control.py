@@ -112,6 +112,21 @@ def test_index_lists_loaded_and_the_load_model_names(client):
     assert infer(client)[0] == 2.0
 
 
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[1]", b'{"parameters": 5}', b'{"parameters": [1]}']
+)
+@pytest.mark.parametrize("action", ["load", "unload"])
+def test_a_control_body_that_is_no_object_is_400(client, explicit, action, body):
+    """{"parameters": 5} was a TypeError answered 500."""
+    import requests
+
+    url = f"http://{explicit.http_url}/v2/repository/models/nothing/{action}"
+    r = requests.post(url, data=body, headers=AUTH, timeout=60)
+    assert r.status_code == 400, r.text
+    assert "not valid JSON" in r.text or '{\\"parameters\\": {...}}' in r.text
+    assert infer(client)[0] == 2.0
+
+
 def test_reload_under_load_fails_no_request(client, explicit):
     failures, results, stop = [], [], threading.Event()
 
