@@ -192,8 +192,11 @@ class Http(Target):
                 self.name = _default_model([m["name"] for m in index])
             self.inputs = _specs(await self._get(f"/v2/models/{self.name}"))
             config = await self._get(f"/v2/models/{self.name}/config")
-        except aiohttp.ClientError as exc:
-            raise BenchError(f"{self.base}: {exc}") from None
+        except BaseException as exc:  # the caller never closes what failed to open
+            await self.session.close()
+            if isinstance(exc, aiohttp.ClientError):
+                raise BenchError(f"{self.base}: {exc}") from None
+            raise
         self.streaming = self.openai or bool(
             config.get("model_transaction_policy", {}).get("decoupled")
         )

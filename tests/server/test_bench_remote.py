@@ -49,6 +49,24 @@ def test_an_unknown_model_is_a_clear_error(server, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("target", ["http://{}", "http://{}/v1"])
+def test_a_failed_open_closes_its_http_session(server, target):
+    """The session of a target that failed to open was left to the garbage collector, which
+    printed 'Unclosed client session' after the error."""
+    import subprocess
+    import sys
+
+    from tests.server.conftest import ROOT
+
+    command = [sys.executable, "-m", "engine.cli", "bench", target.format(server.http_url),
+               "--model", "nope", "--api-key", API_KEY, *QUICK]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 1 and "'nope' is not served" in done.stderr
+    assert "Unclosed" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("scheme", ["grpc", "http", "v1"])
 def test_streamed_outputs_report_ttft_itl_and_tokens(stream_server, capsys, scheme):
     url = {
