@@ -113,12 +113,14 @@ def main() -> None:
         print(json.dumps(one(*args.one.split(":"))))
         return
     print(f"# bench/llm_quant.py {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-          f"1 torch thread; load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"1 torch thread; load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     rows = []
     for cfg in args.configs.split(","):
         out = subprocess.run([sys.executable, __file__, "--one", cfg], capture_output=True,
                              text=True, check=True, cwd=ROOT)  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        row = {k: v for k, v in rows[-1].items() if k != "tokens"}
+        print(f"# {json.dumps(row)}", flush=True)  # each config as it ends
     ref = rows[0]
     print("\n| dtype | quantization | RSS loaded (MiB) | tok/s batch 1 | tok/s 64 | "
           "greedy agreement (tokens / sequences) | perplexity | vs first | bound |")  # fmt: skip
