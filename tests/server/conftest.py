@@ -53,6 +53,27 @@ def _status(url: str) -> int | None:
         return None
 
 
+def gated_guard(tmp_path: Path) -> tuple[Path, Path]:
+    """guard.yaml with its `slow` node held by a gate folder (data/fns.py:gated): the node
+    touches `entered` there and waits for `open`. Returns (pipeline file, gate folder)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    text = (DATA / "guard.yaml").read_text()
+    text = text.replace('"fns.py:', f'"{DATA / "fns.py"}:').replace("fns.py:slow", "fns.py:gated")
+    pipeline = tmp_path / "guard.yaml"
+    pipeline.write_text(text.replace("kwargs: {seconds: 0.5}", f'kwargs: {{folder: "{gate}"}}'))
+    return pipeline, gate
+
+
+def wait_for_file(path: Path, timeout_s: float = 30) -> None:
+    """Until `path` exists (a gated node wrote it); AssertionError after `timeout_s`."""
+    for _ in range(int(timeout_s / 0.01)):
+        if path.exists():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
 def start_server(files: list[str], *args: str, log: Path, module: str = "engine.cli") -> Server:
     """Start `python -m MODULE serve FILES ARGS` on free ports and wait (bounded) until it is
     ready."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import queue
-import time
 
 import numpy as np
 import pytest
 
-from tests.server.conftest import AUTH, DATA, start_server, stop_server
+from tests.server.conftest import AUTH, gated_guard, start_server, stop_server, wait_for_file
 
 pytestmark = pytest.mark.integration
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -242,12 +241,7 @@ def test_a_full_queue_is_resource_exhausted(tmp_path):
     # guard.slow computes one item at a time and queues at most one more. Its instance is held
     # inside the node by a gate file, so which request computes, waits or is refused does not
     # depend on how fast this machine is.
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    pipeline = tmp_path / "guard.yaml"
-    text = (DATA / "guard.yaml").read_text()
-    text = text.replace('"fns.py:', f'"{DATA / "fns.py"}:').replace("fns.py:slow", "fns.py:gated")
-    pipeline.write_text(text.replace("kwargs: {seconds: 0.5}", f'kwargs: {{folder: "{gate}"}}'))
+    pipeline, gate = gated_guard(tmp_path)
     srv = start_server([str(pipeline)], log=tmp_path / "serve.log")
     try:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
@@ -262,7 +256,7 @@ def test_a_full_queue_is_resource_exhausted(tmp_path):
             )
 
         send()
-        _wait_for(gate / "entered")  # the first request holds the only instance
+        wait_for_file(gate / "entered")  # the first request holds the only instance
         send()
         send()
         refused = outcomes.get(
@@ -276,14 +270,6 @@ def test_a_full_queue_is_resource_exhausted(tmp_path):
     assert refused is not None and refused.status() == "StatusCode.RESOURCE_EXHAUSTED"
     assert "slow" in refused.message()
     assert others == [None, None]
-
-
-def _wait_for(path, timeout_s: float = 30) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if path.exists():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{path} never appeared")
 
 
 def test_stream_infer_streams_the_llm_tokens(server):

@@ -12,19 +12,19 @@ import time
 import numpy as np
 import pytest
 
-from tests.server.conftest import DATA, ROOT, _status, start_server, stop_server
+from tests.server.conftest import (
+    DATA,
+    ROOT,
+    _status,
+    gated_guard,
+    start_server,
+    stop_server,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.integration
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException
-
-
-def _wait_for(path, timeout_s: float = 30) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if path.exists():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{path} never appeared")
 
 
 def _wait_for_refusal(srv) -> None:
@@ -37,12 +37,7 @@ def _wait_for_refusal(srv) -> None:
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path):
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    pipeline = tmp_path / "guard.yaml"
-    text = (DATA / "guard.yaml").read_text()
-    text = text.replace('"fns.py:', f'"{DATA / "fns.py"}:').replace("fns.py:slow", "fns.py:gated")
-    pipeline.write_text(text.replace("kwargs: {seconds: 0.5}", f'kwargs: {{folder: "{gate}"}}'))
+    pipeline, gate = gated_guard(tmp_path)
     srv = start_server([str(pipeline)], log=tmp_path / "serve.log")
     try:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
@@ -56,7 +51,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
 
         worker = threading.Thread(target=call)
         worker.start()
-        _wait_for(gate / "entered")  # the request is inside the node
+        wait_for_file(gate / "entered")  # the request is inside the node
         srv.process.send_signal(signal.SIGTERM)
         _wait_for_refusal(srv)
         other = grpcclient.InferenceServerClient(srv.grpc_url)
