@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -191,132 +192,147 @@ def generate_outputs(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
+def model_of(repo: Repository, request: web.Request) -> ServedModel:
+    """The model (and version) the URL names."""
+    return repo.get(request.match_info["model"], request.match_info.get("version", ""))
+
+
+async def server_metadata(repo: Repository, request: web.Request) -> web.StreamResponse:
+    return web.json_response(describe.server_metadata())
+
+
+async def live(repo: Repository, request: web.Request) -> web.StreamResponse:
+    return web.Response(status=200)
+
+
+async def ready(repo: Repository, request: web.Request) -> web.StreamResponse:
+    return web.Response(status=200 if repo.ready else 503)
+
+
+async def model_metadata(repo: Repository, request: web.Request) -> web.StreamResponse:
+    model = model_of(repo, request)
+    versions = repo.served_versions(model.name)
+    return web.json_response(describe.model_metadata(model, versions))
+
+
+async def model_ready(repo: Repository, request: web.Request) -> web.StreamResponse:
+    model = model_of(repo, request)
+    return web.Response(status=200 if repo.model_ready(model) else 503)
+
+
+async def model_config(repo: Repository, request: web.Request) -> web.StreamResponse:
+    return web.json_response(describe.model_config(model_of(repo, request)))
+
+
+async def model_stats(repo: Repository, request: web.Request) -> web.StreamResponse:
+    name = request.match_info.get("model", "")
+    stats = describe.statistics(repo, name, request.match_info.get("version", ""))
+    return web.json_response(stats)
+
+
+async def repository_index(repo: Repository, request: web.Request) -> web.StreamResponse:
+    body = loads(await request.read() or b"{}") if request.can_read_body else {}
+    if not isinstance(body, dict) or not isinstance(body.get("ready", False), bool):
+        raise InvalidInput('repository index: the body must be {"ready": true|false}')
+    ready_only = body.get("ready", False)
+    return web.json_response(describe.repository_index(repo, ready_only))
+
+
+async def repository_control(repo: Repository, request: web.Request) -> web.StreamResponse:
+    name, action = request.match_info["model"], request.match_info["action"]
+    body = await request.read()
+    parsed = loads(body) if body.strip() else {}
+    params = parsed.get("parameters") or {} if isinstance(parsed, dict) else None
+    if not isinstance(params, dict):  # {"parameters": 5} was a TypeError, a 500
+        raise InvalidInput(f'{action}: the body must be {{"parameters": {{...}}}}')
+    control = model_control(repo, action, dict(params))
+    await (control.load(name) if action == "load" else control.unload(name))
+    return web.json_response({})
+
+
+async def infer(repo: Repository, request: web.Request) -> web.StreamResponse:
+    model = model_of(repo, request)
+    header, binary = await _json_body(request)
+    body = kserve_body.parse_infer(header)
+    wanted = [o.name for o in body.outputs or []] or None
+    params = body.parameters or kserve_body.RequestParameters()
+    outputs = await repo.infer(
+        model.name,
+        decode_inputs(body, binary),
+        wanted,
+        version=request.match_info.get("version", ""),
+        options=options(request, body.id or "", params),
+    )
+    return encode_response(model, outputs, body)
+
+
+async def generate(repo: Repository, request: web.Request) -> web.StreamResponse:
+    model = model_of(repo, request)
+    body, _ = await _json_body(request)
+    outputs = await repo.infer(
+        model.name,
+        generate_inputs(model, body),
+        version=request.match_info.get("version", ""),
+        options=options(request, body.get("id", ""), body.get("parameters")),
+    )
+    return web.json_response(
+        {"model_name": model.name, "model_version": model.version} | generate_outputs(outputs)
+    )
+
+
+async def generate_stream(repo: Repository, request: web.Request) -> web.StreamResponse:
+    model = model_of(repo, request)
+    body, _ = await _json_body(request)
+    events = repo.stream(
+        model.name,
+        generate_inputs(model, body),
+        version=request.match_info.get("version", ""),
+        options=options(request, body.get("id", ""), body.get("parameters")),
+    )
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    started = False
+    try:
+        async with contextlib.aclosing(events):  # a dropped client frees its work now
+            async for outputs, _final in events:
+                if not started:
+                    await response.prepare(request)
+                    started = True
+                data = {"model_name": model.name, "model_version": model.version}
+                data |= generate_outputs(outputs)
+                await response.write(f"data: {json.dumps(data)}\n\n".encode())
+    except RequestError as exc:
+        if not started:
+            raise  # nothing sent yet: a plain error status
+        await response.write(f"data: {json.dumps({'error': str(exc)})}\n\n".encode())
+    if not started:
+        await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
 def routes(repo: Repository) -> list[web.RouteDef]:
     """The KServe v2 routes over `repo`."""
-
-    def model_of(request: web.Request) -> ServedModel:
-        return repo.get(request.match_info["model"], request.match_info.get("version", ""))
-
-    async def server_metadata(request):
-        return web.json_response(describe.server_metadata())
-
-    async def live(request):
-        return web.Response(status=200)
-
-    async def ready(request):
-        return web.Response(status=200 if repo.ready else 503)
-
-    async def model_metadata(request):
-        model = model_of(request)
-        versions = repo.served_versions(model.name)
-        return web.json_response(describe.model_metadata(model, versions))
-
-    async def model_ready(request):
-        model = model_of(request)
-        return web.Response(status=200 if repo.model_ready(model) else 503)
-
-    async def model_config(request):
-        return web.json_response(describe.model_config(model_of(request)))
-
-    async def model_stats(request):
-        name = request.match_info.get("model", "")
-        stats = describe.statistics(repo, name, request.match_info.get("version", ""))
-        return web.json_response(stats)
-
-    async def repository_index(request):
-        body = loads(await request.read() or b"{}") if request.can_read_body else {}
-        if not isinstance(body, dict) or not isinstance(body.get("ready", False), bool):
-            raise InvalidInput('repository index: the body must be {"ready": true|false}')
-        ready_only = body.get("ready", False)
-        return web.json_response(describe.repository_index(repo, ready_only))
-
-    async def repository_control(request):
-        name, action = request.match_info["model"], request.match_info["action"]
-        body = await request.read()
-        parsed = loads(body) if body.strip() else {}
-        params = parsed.get("parameters") or {} if isinstance(parsed, dict) else None
-        if not isinstance(params, dict):  # {"parameters": 5} was a TypeError, a 500
-            raise InvalidInput(f'{action}: the body must be {{"parameters": {{...}}}}')
-        control = model_control(repo, action, dict(params))
-        await (control.load(name) if action == "load" else control.unload(name))
-        return web.json_response({})
-
-    async def infer(request):
-        model = model_of(request)
-        header, binary = await _json_body(request)
-        body = kserve_body.parse_infer(header)
-        wanted = [o.name for o in body.outputs or []] or None
-        params = body.parameters or kserve_body.RequestParameters()
-        outputs = await repo.infer(
-            model.name,
-            decode_inputs(body, binary),
-            wanted,
-            version=request.match_info.get("version", ""),
-            options=options(request, body.id or "", params),
-        )
-        return encode_response(model, outputs, body)
-
-    async def generate(request):
-        model = model_of(request)
-        body, _ = await _json_body(request)
-        outputs = await repo.infer(
-            model.name,
-            generate_inputs(model, body),
-            version=request.match_info.get("version", ""),
-            options=options(request, body.get("id", ""), body.get("parameters")),
-        )
-        return web.json_response(
-            {"model_name": model.name, "model_version": model.version} | generate_outputs(outputs)
-        )
-
-    async def generate_stream(request):
-        model = model_of(request)
-        body, _ = await _json_body(request)
-        events = repo.stream(
-            model.name,
-            generate_inputs(model, body),
-            version=request.match_info.get("version", ""),
-            options=options(request, body.get("id", ""), body.get("parameters")),
-        )
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        started = False
-        try:
-            async with contextlib.aclosing(events):  # a dropped client frees its work now
-                async for outputs, _final in events:
-                    if not started:
-                        await response.prepare(request)
-                        started = True
-                    data = {"model_name": model.name, "model_version": model.version}
-                    data |= generate_outputs(outputs)
-                    await response.write(f"data: {json.dumps(data)}\n\n".encode())
-        except RequestError as exc:
-            if not started:
-                raise  # nothing sent yet: a plain error status
-            await response.write(f"data: {json.dumps({'error': str(exc)})}\n\n".encode())
-        if not started:
-            await response.prepare(request)
-        await response.write_eof()
-        return response
-
     base = "/v2/models/{model}"
     out = [
-        web.get("/v2", server_metadata),
-        web.get("/v2/health/live", live),
-        web.get("/v2/health/ready", ready),
-        web.get("/v2/models/stats", model_stats),
-        web.post("/v2/repository/index", repository_index),
-        web.post("/v2/repository/models/{model}/{action:load|unload}", repository_control),
+        web.get("/v2", partial(server_metadata, repo)),
+        web.get("/v2/health/live", partial(live, repo)),
+        web.get("/v2/health/ready", partial(ready, repo)),
+        web.get("/v2/models/stats", partial(model_stats, repo)),
+        web.post("/v2/repository/index", partial(repository_index, repo)),
+        web.post(
+            "/v2/repository/models/{model}/{action:load|unload}", partial(repository_control, repo)
+        ),
     ]
     for prefix in (base, base + "/versions/{version}"):
         out += [
-            web.get(prefix, model_metadata),
-            web.get(prefix + "/ready", model_ready),
-            web.get(prefix + "/config", model_config),
-            web.get(prefix + "/stats", model_stats),
-            web.post(prefix + "/infer", infer),
-            web.post(prefix + "/generate", generate),
-            web.post(prefix + "/generate_stream", generate_stream),
+            web.get(prefix, partial(model_metadata, repo)),
+            web.get(prefix + "/ready", partial(model_ready, repo)),
+            web.get(prefix + "/config", partial(model_config, repo)),
+            web.get(prefix + "/stats", partial(model_stats, repo)),
+            web.post(prefix + "/infer", partial(infer, repo)),
+            web.post(prefix + "/generate", partial(generate, repo)),
+            web.post(prefix + "/generate_stream", partial(generate_stream, repo)),
         ]
     return out

@@ -16,21 +16,18 @@ Embeddings use the first FP32 vector output (one dimension, not of size 1).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import time
-import uuid
+from functools import partial
 
 import numpy as np
 from aiohttp import web
 
 from engine.errors import InvalidInput, RequestError
+from engine.options import RequestOptions
 from engine.server import openai_fields, tensors
 from engine.server.http import HTTP_STATUS, loads
+from engine.server.openai_completion import LOGPROBS_OUTPUT, USAGE_OUTPUTS, Completion
 from engine.server.repository import Repository, ServedModel
-
-USAGE_OUTPUTS = ("prompt_tokens", "completion_tokens")
-LOGPROBS_OUTPUT = "token_logprobs"
 
 
 def _error(message: str, status: int, kind: str = "invalid_request_error") -> web.Response:
@@ -100,222 +97,108 @@ def text_output(model: ServedModel) -> str:
     raise InvalidInput(f"pipeline {model.name!r} has no text output")
 
 
-def _decode(array: np.ndarray) -> str:
-    return b"".join(bytes(v) for v in array.reshape(-1)).decode("utf-8", errors="replace")
+async def read_body(request: web.Request) -> dict:
+    """The request's JSON object; InvalidInput when it is not one."""
+    body = loads(await request.read())
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return body
 
 
-def _count(outputs: dict, name: str) -> int | None:
-    return int(np.asarray(outputs[name]).reshape(-1)[0]) if name in outputs else None
+def pipeline(repo: Repository, body: dict) -> ServedModel:
+    """The served pipeline the body's `model` names."""
+    name = body.get("model")
+    if not isinstance(name, str):
+        raise InvalidInput("'model' must name a pipeline")
+    return repo.serving(name)
+
+
+async def list_models(repo: Repository, request: web.Request) -> web.Response:
+    """GET /v1/models: every pipeline."""
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "pipectl"}
+        for name in repo.pipelines
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def completion(repo: Repository, request: web.Request, *, chat: bool) -> web.StreamResponse:
+    """POST /v1/chat/completions (chat) and /v1/completions: the body's fields become pipeline
+    inputs; the answer is the text output, whole or streamed as SSE chunks."""
+    body = await read_body(request)
+    openai_fields.check_fields(body, chat=chat)
+    model = pipeline(repo, body)
+    inputs = build_inputs(model, body, chat=chat)
+    out_name = text_output(model)
+    extra = [n for n in (*USAGE_OUTPUTS, "finish_reason") if n in model.outputs]
+    wanted = [out_name, *extra]
+    if "logprobs" in inputs:
+        if LOGPROBS_OUTPUT not in model.outputs:
+            raise InvalidInput(
+                f"'logprobs' is not supported: pipeline {model.name!r} has no output "
+                f"{LOGPROBS_OUTPUT!r} (an llm node's token_logprobs)"
+            )
+        wanted.append(LOGPROBS_OUTPUT)
+    answer = Completion(model.name, body, out_name, chat=chat, logprobs=LOGPROBS_OUTPUT in wanted)
+    user = body.get("user")  # named in the request id, so logs and errors carry it
+    options = RequestOptions(
+        request_id=f"{answer.id} (user {user})" if user else answer.id,
+        traceparent=request.headers.get("traceparent"),
+    )
+    events = repo.stream(model.name, inputs, wanted, options=options)
+    if body.get("stream"):
+        return await answer.stream(request, events)
+    return await answer.whole(events)
+
+
+async def chat_completions(repo: Repository, request: web.Request) -> web.StreamResponse:
+    return await completion(repo, request, chat=True)
+
+
+async def completions(repo: Repository, request: web.Request) -> web.StreamResponse:
+    return await completion(repo, request, chat=False)
+
+
+async def embeddings(repo: Repository, request: web.Request) -> web.Response:
+    """POST /v1/embeddings: each input text through the pipeline's first FP32 vector output."""
+    body = await read_body(request)
+    openai_fields.check_embedding_fields(body)
+    model = pipeline(repo, body)
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput("'input' must be a string or a non-empty list of strings")
+    vectors = [
+        n
+        for n, s in model.outputs.items()
+        if s.dtype == "FP32" and len(s.shape) == 1 and s.shape[0] != 1
+    ]
+    if not vectors:
+        raise InvalidInput(f"pipeline {model.name!r} has no FP32 vector output to embed with")
+    name = next((n for n in ("text", "input") if n in model.inputs), None) or _bytes_input(model)
+    spec = model.inputs[name]
+    shape = [len(texts), *[1 for _ in spec.shape]]
+    inputs = {name: tensors.from_json(name, "BYTES", shape, texts)}
+    options = RequestOptions(traceparent=request.headers.get("traceparent"))
+    out = await repo.infer(model.name, inputs, [vectors[0]], options=options)
+    matrix = out[vectors[0]].astype(np.float32).reshape(len(texts), -1)
+    openai_fields.check_dimensions(body, model.name, matrix.shape[1])
+    b64 = body.get("encoding_format") == "base64"
+    data = [
+        {"object": "embedding", "index": i,
+         "embedding": base64.b64encode(row.tobytes()).decode() if b64 else row.tolist()}
+        for i, row in enumerate(matrix)
+    ]  # fmt: skip
+    usage = {"prompt_tokens": 0, "total_tokens": 0}
+    return web.json_response({"object": "list", "data": data, "model": model.name, "usage": usage})
 
 
 def routes(repo: Repository) -> list[web.RouteDef]:
     """The OpenAI-compatible routes over `repo`."""
-
-    async def read(request) -> dict:
-        body = loads(await request.read())
-        if not isinstance(body, dict):
-            raise InvalidInput("request body must be a JSON object")
-        return body
-
-    def pipeline(body: dict) -> ServedModel:
-        name = body.get("model")
-        if not isinstance(name, str):
-            raise InvalidInput("'model' must name a pipeline")
-        return repo.serving(name)
-
-    async def list_models(request):
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "pipectl"}
-            for name in repo.pipelines
-        ]
-        return web.json_response({"object": "list", "data": data})
-
-    async def completion(request, *, chat: bool):
-        body = await read(request)
-        openai_fields.check_fields(body, chat=chat)
-        model = pipeline(body)
-        inputs = build_inputs(model, body, chat=chat)
-        out_name = text_output(model)
-        extra = [n for n in (*USAGE_OUTPUTS, "finish_reason") if n in model.outputs]
-        wanted = [out_name, *extra]
-        if "logprobs" in inputs:
-            if LOGPROBS_OUTPUT not in model.outputs:
-                raise InvalidInput(
-                    f"'logprobs' is not supported: pipeline {model.name!r} has no output "
-                    f"{LOGPROBS_OUTPUT!r} (an llm node's token_logprobs)"
-                )
-            wanted.append(LOGPROBS_OUTPUT)
-        kind = "chat.completion" if chat else "text_completion"
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        created = int(time.time())
-        user = body.get("user")  # named in the request id, so logs and errors carry it
-        tagged = f"{rid} (user {user})" if user else rid
-        events = repo.stream(
-            model.name, inputs, wanted, request_id=tagged,
-            traceparent=request.headers.get("traceparent"),
-        )  # fmt: skip
-        logprobs_on = LOGPROBS_OUTPUT in wanted
-        offset = [0]
-
-        def choice(text: str, finish: str | None, first: bool = False, lines=None) -> dict:
-            logprobs = None
-            if logprobs_on and lines is not None:
-                logprobs = _logprobs(lines or [], chat=chat, offset=offset)
-            if not chat:
-                return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
-            if body.get("stream"):
-                delta = {"role": "assistant", "content": text} if first else {"content": text}
-                return {"index": 0, "delta": delta if text or first else {},
-                        "logprobs": logprobs, "finish_reason": finish}  # fmt: skip
-            message = {"role": "assistant", "content": text}
-            return {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
-
-        pieces: list[str] = []
-        lines: list[dict] = []
-        counts: dict[str, int | None] = {}
-        finish = ["stop"]
-
-        def note(outputs: dict) -> None:
-            counts.update({n: _count(outputs, n) for n in USAGE_OUTPUTS if n in outputs})
-            if "finish_reason" in outputs and outputs["finish_reason"].size:
-                finish[0] = _decode(outputs["finish_reason"]) or "stop"
-
-        if not body.get("stream"):
-            async with contextlib.aclosing(events):
-                async for outputs, _final in events:
-                    if out_name in outputs:
-                        pieces.append(_decode(outputs[out_name]))
-                    lines.extend(_lines(outputs))
-                    note(outputs)
-            usage = _usage(counts, pieces)
-            return web.json_response(
-                {"id": rid, "object": kind, "created": created, "model": model.name,
-                 "choices": [choice("".join(pieces), finish[0], lines=lines)], "usage": usage}
-            )  # fmt: skip
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
-
-        async def send(choices: list, usage: dict | None = None) -> None:
-            data = {"id": rid, "object": chunk_kind, "created": created, "model": model.name,
-                    "choices": choices}  # fmt: skip
-            if usage is not None:
-                data["usage"] = usage
-            await response.write(f"data: {json.dumps(data)}\n\n".encode())
-
-        first = True
-        try:
-            async with contextlib.aclosing(events):  # a dropped client frees its work now
-                async for outputs, _final in events:
-                    if first:
-                        await response.prepare(request)
-                    note(outputs)
-                    text = _decode(outputs[out_name]) if out_name in outputs else ""
-                    new_lines = _lines(outputs)
-                    if text or first or new_lines:
-                        pieces.append(text)
-                        await send([choice(text, None, first, new_lines)])
-                    first = False
-        except RequestError as exc:
-            if first:
-                raise  # nothing sent yet: a plain error status
-            await response.write(
-                f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n".encode()
-            )
-            await response.write_eof()
-            return response
-        await send([choice("", finish[0])])
-        stream_options = body.get("stream_options") or {}
-        if isinstance(stream_options, dict) and stream_options.get("include_usage"):
-            await send([], _usage(counts, pieces))
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
-
-    async def chat_completions(request):
-        return await completion(request, chat=True)
-
-    async def completions(request):
-        return await completion(request, chat=False)
-
-    async def embeddings(request):
-        body = await read(request)
-        openai_fields.check_embedding_fields(body)
-        model = pipeline(body)
-        texts = body.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidInput("'input' must be a string or a non-empty list of strings")
-        vectors = [
-            n
-            for n, s in model.outputs.items()
-            if s.dtype == "FP32" and len(s.shape) == 1 and s.shape[0] != 1
-        ]
-        if not vectors:
-            raise InvalidInput(f"pipeline {model.name!r} has no FP32 vector output to embed with")
-        name = next((n for n in ("text", "input") if n in model.inputs), None) or _bytes_input(
-            model
-        )
-        spec = model.inputs[name]
-        shape = [len(texts), *[1 for _ in spec.shape]]
-        inputs = {name: tensors.from_json(name, "BYTES", shape, texts)}
-        out = await repo.infer(
-            model.name, inputs, [vectors[0]], traceparent=request.headers.get("traceparent")
-        )
-        matrix = out[vectors[0]].astype(np.float32).reshape(len(texts), -1)
-        openai_fields.check_dimensions(body, model.name, matrix.shape[1])
-        b64 = body.get("encoding_format") == "base64"
-        data = [
-            {"object": "embedding", "index": i,
-             "embedding": base64.b64encode(row.tobytes()).decode() if b64 else row.tolist()}
-            for i, row in enumerate(matrix)
-        ]  # fmt: skip
-        usage = {"prompt_tokens": 0, "total_tokens": 0}
-        return web.json_response(
-            {"object": "list", "data": data, "model": model.name, "usage": usage}
-        )
-
     return [
-        web.get("/v1/models", list_models),
-        web.post("/v1/chat/completions", chat_completions),
-        web.post("/v1/completions", completions),
-        web.post("/v1/embeddings", embeddings),
+        web.get("/v1/models", partial(list_models, repo)),
+        web.post("/v1/chat/completions", partial(chat_completions, repo)),
+        web.post("/v1/completions", partial(completions, repo)),
+        web.post("/v1/embeddings", partial(embeddings, repo)),
     ]
-
-
-def _lines(outputs: dict) -> list[dict]:
-    """The token entries (JSON lines of an llm node's token_logprobs) in one event."""
-    if LOGPROBS_OUTPUT not in outputs:
-        return []
-    text = _decode(outputs[LOGPROBS_OUTPUT])
-    return [json.loads(line) for line in text.splitlines() if line]
-
-
-def _logprobs(entries: list[dict], *, chat: bool, offset: list[int]) -> dict:
-    """OpenAI's logprobs object: chat's `content` list, or completions' parallel lists."""
-    if chat:
-        return {"content": entries, "refusal": None}
-    offsets = []
-    for entry in entries:
-        offsets.append(offset[0])
-        offset[0] += len(entry["token"])
-    return {
-        "tokens": [e["token"] for e in entries],
-        "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
-        "text_offset": offsets,
-    }
-
-
-def _usage(counts: dict[str, int | None], pieces: list[str]) -> dict:
-    prompt = counts.get("prompt_tokens") or 0
-    completion = counts.get("completion_tokens")
-    if completion is None:
-        completion = sum(1 for p in pieces if p)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
