@@ -11,6 +11,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from engine.defaults import placement_field
 from engine.errors import GraphError, PlacementError
 from engine.graph import Analysis, NodeInfo, analyze, parse_ref
 from engine.placement import Device, PlacementRequest, inventory, place, ray_backend
@@ -133,15 +134,6 @@ def topological_order(analysis: Analysis) -> list[str]:
 
 
 def _placement_request(spec: PipelineSpec, info: NodeInfo) -> PlacementRequest:
-    own, defaults = info.spec.placement, spec.defaults.placement
-
-    def pick(field: str, fallback):
-        for source in (own, defaults):
-            value = getattr(source, field, None) if source is not None else None
-            if value is not None:
-                return value
-        return fallback
-
     assert info.kind is not None and info.params is not None
     where = f"{spec.file}:{spec.line(f'nodes.{info.name}')}: "
     try:
@@ -150,9 +142,9 @@ def _placement_request(spec: PipelineSpec, info: NodeInfo) -> PlacementRequest:
         raise PlacementError(f"{where}node {info.name!r}: no memory estimate: {exc}") from exc
     return PlacementRequest(
         node=info.name,
-        device=pick("device", "auto"),
-        instances=pick("instances", 1),
-        devices=tuple(pick("devices", ())),
+        device=placement_field(spec, info.spec, "device", "auto"),
+        instances=placement_field(spec, info.spec, "instances", 1),
+        devices=tuple(placement_field(spec, info.spec, "devices", ())),
         memory_bytes=memory,
         where=where,
     )

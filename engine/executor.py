@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, Self
 
 from engine.batcher import Batcher
+from engine.dataflow import Dataflow
 from engine.errors import NotASubPlan, RequestError, Unavailable
 from engine.options import RequestOptions
 from engine.plan import NodePlan, Plan
@@ -31,7 +32,6 @@ from engine.request import Launches, RequestRun
 from engine.result import Result, StreamEvent
 from engine.runner import Done, Runner
 from engine.samples import RecentSamples
-from engine.schedule import Schedule
 from engine.streamer import Streamer, concat_deltas
 
 Progress = Callable[[str, int, int], None]  # (node, instances loaded so far, instances in all)
@@ -45,7 +45,7 @@ class Executor:
         self.plan = plan
         self.runners: dict[str, Runner] = dict(runners) if runners is not None else {}
         self._owns_runners = runners is None
-        self._schedules: dict[tuple[str, ...] | None, Schedule] = {}
+        self._dataflows: dict[tuple[str, ...] | None, Dataflow] = {}
         self._ids = itertools.count(1)
         self._started = runners is not None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,8 +76,8 @@ class Executor:
         except BaseException:
             self.stop(drain=False)
             raise
-        self._schedules.clear()
-        self._schedule(None)  # fail early on a bad condition
+        self._dataflows.clear()
+        self._dataflow_for(None)  # fail early on a bad condition
         self._started = True
 
     def unready_nodes(self, names: list[str] | None = None) -> list[str]:
@@ -135,12 +135,12 @@ class Executor:
         self.stop()
 
     # ---- requests --------------------------------------------------------------------------
-    def _schedule(self, outputs: list[str] | None) -> Schedule:
+    def _dataflow_for(self, outputs: list[str] | None) -> Dataflow:
         key = None if outputs is None else tuple(outputs)
-        schedule = self._schedules.get(key)
-        if schedule is None:
-            schedule = self._schedules[key] = Schedule(self.plan, outputs)
-        return schedule
+        dataflow = self._dataflows.get(key)
+        if dataflow is None:
+            dataflow = self._dataflows[key] = Dataflow(self.plan, outputs)
+        return dataflow
 
     def _begin(
         self,
@@ -154,7 +154,7 @@ class Executor:
         if not options.request_id:
             options = replace(options, request_id=str(next(self._ids)))
         loop = asyncio.get_running_loop()
-        run = RequestRun(self._schedule(outputs), self.runners, loop, options, streaming)
+        run = RequestRun(self._dataflow_for(outputs), self.runners, loop, options, streaming)
         try:
             run.begin(inputs)
         except BaseException:

@@ -42,15 +42,16 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import networkx as nx
 from pydantic import ValidationError
 
 from engine.condition import Condition, ConditionError, parse_condition
+from engine.defaults import batching_fields, placement_field
 from engine.errors import Issue
 from engine.plan import PIPELINE_INPUT, BatchPolicy, Source
-from engine.spec import NAME_PATTERN, BatchingSpec, NodeSpec, PipelineSpec, validation_issues
+from engine.spec import NAME_PATTERN, NodeSpec, PipelineSpec, validation_issues
 from nodes import registry
 from nodes.base import Node, NodeParams, Ports, TensorSpec
 from nodes.compute_dtype import bf16_slowdown
@@ -105,18 +106,6 @@ def suggest(word: str, options, what: str) -> str:
         return f"{what}: none"
     close = difflib.get_close_matches(word, options, n=1)
     return (f"did you mean {close[0]!r}? " if close else "") + f"{what}: {', '.join(options)}"
-
-
-def merge_batching(defaults: BatchingSpec, own: BatchingSpec | None) -> dict:
-    """The batching fields a node ends up with: its own, else the pipeline defaults."""
-    merged = {}
-    for f in fields(BatchPolicy):
-        value = getattr(own, f.name, None) if own is not None else None
-        if value is None:
-            value = getattr(defaults, f.name)
-        if value is not None:
-            merged[f.name] = tuple(value) if isinstance(value, list) else value
-    return merged
 
 
 class _Checker:
@@ -305,7 +294,7 @@ class _Checker:
     def check_batching(self, info: NodeInfo) -> None:
         if info.kind is None:
             return
-        merged = merge_batching(self.spec.defaults.batching, info.spec.batching)
+        merged = batching_fields(self.spec, info.spec)
         own = info.spec.batching
         where = f"nodes.{info.name}.batching" if own is not None else "defaults.batching"
 
@@ -358,14 +347,8 @@ class _Checker:
         info.batching = policy
 
     def check_placement(self, info: NodeInfo) -> None:
-        own = info.spec.placement
-        device = (own.device if own and own.device else None) or (
-            self.spec.defaults.placement.device or "auto"
-        )
-        devices = (own.devices if own and own.devices is not None else None) or (
-            self.spec.defaults.placement.devices or []
-        )
-        for d in devices:
+        device = placement_field(self.spec, info.spec, "device", "auto")
+        for d in placement_field(self.spec, info.spec, "devices", []):
             if device == "auto" or d == device or (device == "cuda" and d.startswith("cuda")):
                 continue
             self.add(
@@ -379,10 +362,7 @@ class _Checker:
         """An explicit bf16 where this CPU runs it slower than fp32 (read without torch)."""
         if getattr(info.params, "dtype", None) != "bf16":
             return
-        own = info.spec.placement
-        device = (own.device if own and own.device else None) or (
-            self.spec.defaults.placement.device or "auto"
-        )
+        device = placement_field(self.spec, info.spec, "device", "auto")
         warning = bf16_slowdown("bf16", device)
         if warning:
             path = f"nodes.{info.name}.params.dtype"

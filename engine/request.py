@@ -3,7 +3,7 @@
 It holds the tensors produced so far, launches a node when all its inputs are resolved (present
 or absent), skips nodes whose condition is false or whose required input is absent, releases
 tensors after their last consumer, and ends with a Result, a final StreamEvent, or an error.
-A request knows its Schedule and the runners of its nodes (engine/runner.py), not the executor:
+A request knows its Dataflow and the runners of its nodes (engine/runner.py), not the executor:
 it hands each node's item to that node's runner and hears back through `node_done` / `fail`.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from engine.coercion import coerce_input, default_value
+from engine.dataflow import Dataflow
 from engine.errors import DeadlineExceeded, InvalidInput, NodeError, RequestError, Unavailable
 from engine.options import RequestOptions
 from engine.result import NodeTrace, Result, StreamEvent
 from engine.runner import Runner, Ticket, WorkItem
-from engine.schedule import Schedule
-from engine.tensors import coerce_input, default_value
 from nodes.base import Item
 
 ABSENT: Any = object()
@@ -60,10 +60,11 @@ class Launches:
 
 class RequestRun(Ticket):
     """The state of one request; every method runs on `loop`. `runners` maps each node of the
-    schedule to its runner; `options` is how the client asked for it (engine/options.py)."""
+    dataflow to its runner; `options` is how the client asked for it (engine/options.py)."""
 
     __slots__ = (
         "active",
+        "dataflow",
         "deadline_ns",
         "events",
         "finished",
@@ -76,7 +77,6 @@ class RequestRun(Ticket):
         "remaining",
         "request_id",
         "runners",
-        "schedule",
         "timeout_s",
         "timer",
         "trace",
@@ -86,14 +86,14 @@ class RequestRun(Ticket):
 
     def __init__(
         self,
-        schedule: Schedule,
+        dataflow: Dataflow,
         runners: Mapping[str, Runner],
         loop: asyncio.AbstractEventLoop,
         options: RequestOptions,
         streaming: bool,
     ):
         super().__init__(loop)
-        self.schedule = schedule
+        self.dataflow = dataflow
         self.runners = runners
         self.options = options
         self.request_id = options.request_id
@@ -104,9 +104,9 @@ class RequestRun(Ticket):
         self.trace: list[NodeTrace] = []
         self.launched: dict[str, int] | None = {} if tracing else None  # node: monotonic ns
         self.values: dict[str, np.ndarray] = {}
-        self.pending = dict(schedule.pending)
-        self.refcounts = dict(schedule.refcounts)
-        self.remaining = len(schedule.steps)
+        self.pending = dict(dataflow.pending)
+        self.refcounts = dict(dataflow.refcounts)
+        self.remaining = len(dataflow.steps)
         self.active: set[str] = set()
         self.finished = False
         self.future: asyncio.Future | None = None if streaming else loop.create_future()
@@ -118,16 +118,16 @@ class RequestRun(Ticket):
     # ---- dataflow --------------------------------------------------------------------------
     def begin(self, inputs: dict[str, Any]) -> None:
         """Check the inputs against the pipeline's types and launch the first nodes."""
-        schedule = self.schedule
-        unknown = [name for name in inputs if name not in schedule.pipeline_inputs]
+        dataflow = self.dataflow
+        unknown = [name for name in inputs if name not in dataflow.pipeline_inputs]
         if unknown:
-            raise InvalidInput.unknown_input(unknown[0], schedule.pipeline_inputs)
-        ready: list[str] = list(schedule.roots)
-        for name, spec in schedule.inputs.items():
+            raise InvalidInput.unknown_input(unknown[0], dataflow.pipeline_inputs)
+        ready: list[str] = list(dataflow.roots)
+        for name, spec in dataflow.inputs.items():
             value = inputs.get(name)
             if value is None:
                 if not spec.optional:
-                    known = ", ".join(schedule.inputs)
+                    known = ", ".join(dataflow.inputs)
                     raise InvalidInput(f"missing input {name!r}; this request needs: {known}")
                 default = default_value(spec)
                 self._resolve(f"$inputs.{name}", ABSENT if default is None else default, ready)
@@ -143,13 +143,13 @@ class RequestRun(Ticket):
         if value is not ABSENT:
             self.values[key] = value
         pending = self.pending
-        for consumer in self.schedule.consumers.get(key, ()):
+        for consumer in self.dataflow.consumers.get(key, ()):
             pending[consumer] -= 1
             if pending[consumer] == 0:
                 ready.append(consumer)
 
     def _launch(self, ready: list[str], launches: Launches) -> None:
-        steps = self.schedule.steps
+        steps = self.dataflow.steps
         values = self.values
         while ready:
             step = steps[ready.pop()]
@@ -205,7 +205,7 @@ class RequestRun(Ticket):
         if self.tracing:
             at = self.launched.get(name, 0) if self.launched is not None else 0
             self.trace.append(NodeTrace(name, 0.0, 0, 0.0, skipped=True, start_ns=at))
-        for _, key in self.schedule.steps[name].outputs:
+        for _, key in self.dataflow.steps[name].outputs:
             self._resolve(key, ABSENT, ready)
         self.remaining -= 1
 
@@ -224,7 +224,7 @@ class RequestRun(Ticket):
             self._traced(name, outputs, queue_ns, batch_size, compute_ns, instance)
         self.active.discard(name)
         ready: list[str] = []
-        for port, key in self.schedule.steps[name].outputs:
+        for port, key in self.dataflow.steps[name].outputs:
             value = outputs.get(port, ABSENT)
             self._resolve(key, value, ready)
         self.remaining -= 1
@@ -259,7 +259,7 @@ class RequestRun(Ticket):
         """A streaming node's partial outputs: forward those the caller streams."""
         if self.events is None or self.finished:
             return
-        out = {o: outputs[p] for p, o in self.schedule.steps[node].forward if p in outputs}
+        out = {o: outputs[p] for p, o in self.dataflow.steps[node].forward if p in outputs}
         if out:
             self.events.put_nowait(StreamEvent(out))
 
@@ -270,13 +270,13 @@ class RequestRun(Ticket):
             self.timer.cancel()
         values = self.values
         outputs = {
-            name: values[key] for name, key in self.schedule.outputs.items() if key in values
+            name: values[key] for name, key in self.dataflow.outputs.items() if key in values
         }
         result = Result(self.request_id, outputs, self.trace)
         if self.events is not None:
             final = {}
             for name, value in outputs.items():
-                if name in self.schedule.streamed_outputs:  # its deltas went out already
+                if name in self.dataflow.streamed_outputs:  # its deltas went out already
                     value = (
                         np.full(value.shape, b"", object) if value.dtype == object else value[:0]
                     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 
 from nodes.encoder import EncoderNode, EncoderParams
 from nodes.faiss_search import FaissSearchParams, save_index, train_index
+from nodes.jsonl import read_objects
 
 Progress = Callable[[int, int], None]  # (passages embedded so far, total)
 
@@ -22,23 +22,16 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     keys: list[str] = []
     texts: list[str] = []
     seen: set[str] = set()
-    with Path(path).open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                # a bad line in a data file: a value error for the user, not a programming error
-                raise ValueError(f'{path}:{number}: expected {{"id": ..., "text": "..."}}')  # noqa: TRY004
-            key = str(row.get("id", len(keys)))
-            if key in seen:
-                raise ValueError(f"{path}:{number}: duplicate id {key!r}")
-            seen.add(key)
-            keys.append(key)
-            texts.append(row["text"])
+    for number, row in read_objects(path):
+        if not isinstance(row.get("text"), str):
+            # a bad line in a data file: a value error for the user, not a programming error
+            raise ValueError(f'{path}:{number}: expected {{"id": ..., "text": "..."}}')  # noqa: TRY004
+        key = str(row.get("id", len(keys)))
+        if key in seen:
+            raise ValueError(f"{path}:{number}: duplicate id {key!r}")
+        seen.add(key)
+        keys.append(key)
+        texts.append(row["text"])
     if not texts:
         raise ValueError(f"{path}: no passages")
     return keys, texts

@@ -3,13 +3,11 @@ checked against the target's input specs (the same value rules as `pipectl run`)
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from engine.bench.targets import Inputs
 from nodes.base import TensorSpec
+from nodes.jsonl import read_objects
 
 
 def build_requests(
@@ -33,16 +31,8 @@ def build_requests(
             _complete(specs, defaults, "--input")
         return [defaults]
     requests = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, record in read_objects(path):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object")  # noqa: TRY004
         values = record["inputs"] if isinstance(record.get("inputs"), dict) else record
         request = dict(defaults)
         for name, value in values.items():
@@ -62,8 +52,8 @@ def _spec(specs: dict[str, TensorSpec], name: str, where: str) -> TensorSpec:
 
 
 def _coerce(name: str, spec: TensorSpec, value, where: str) -> np.ndarray:
+    from engine.coercion import coerce_input
     from engine.errors import PipelineError
-    from engine.tensors import coerce_input
 
     try:
         return coerce_input(name, spec, value)

@@ -92,7 +92,7 @@ class InProcess(Target):
     `Executor.stream` when it has streamed outputs."""
 
     def __init__(self, path: str, outputs: list[str] | None = None):
-        from engine.commands.compiling import compile_or_report
+        from engine.commands.validate import compile_or_report
         from engine.errors import PipelineError
 
         plan = compile_or_report(path)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from engine.commands.compiling import compile_or_report
+from engine.commands.validate import compile_or_report
 from engine.plan import Plan
 
 

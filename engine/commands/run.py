@@ -15,18 +15,18 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.coercion import coerce_input, to_jsonable
 from engine.commands import ray_address
-from engine.commands.compiling import compile_or_report
+from engine.commands.validate import compile_or_report
 from engine.errors import InvalidInput, PipelineError, RequestError
 from engine.plan import Plan
 from engine.result import NodeTrace, Result
-from engine.tensors import coerce_input, to_jsonable
 from nodes.base import TensorSpec
+from nodes.jsonl import read_objects
 
 MAX_NUMBERS = 8  # numbers shown per output in text mode
 MAX_CHARS = 240  # characters shown per listed text in text mode
@@ -157,15 +157,7 @@ def _input_spec(plan: Plan, name: str) -> TensorSpec:
 
 def _read_requests(plan: Plan, path: str, defaults: dict) -> list[tuple[str, dict]]:
     requests = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object")  # noqa: TRY004
+    for number, record in read_objects(path):
         if isinstance(record.get("inputs"), dict):
             request_id, values = str(record.get("id", number)), record["inputs"]
         else:

@@ -11,7 +11,7 @@ import re
 import sys
 
 from engine.commands import ray_address
-from engine.commands.compiling import compile_or_report
+from engine.commands.validate import compile_or_report
 
 
 def add_parser(subparsers) -> None:
@@ -132,8 +132,8 @@ def _size(text: str) -> int:
 
 def _model_plan(args: argparse.Namespace):
     """The Plan of `--model` (None after printing the problems)."""
-    from engine.commands.compiling import report
     from engine.commands.model_pipeline import model_spec
+    from engine.commands.validate import report
     from engine.compiler import compile_spec
     from engine.errors import GraphError, PlacementError, SpecError
     from nodes.paths import resolve_path

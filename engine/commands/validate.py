@@ -1,5 +1,9 @@
 """`pipectl validate FILE...`: check pipeline files and print every problem as
-`file:line: CODE message (hint)`; exit 1 when any file has an error. Never loads a model."""
+`file:line: CODE message (hint)`; exit 1 when any file has an error. Never loads a model.
+
+Also the one way every command reports a pipeline file that does not compile
+(`compile_or_report`, `report`), so `plan`, `run`, `serve` and `bench` print it as `validate`
+does."""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import argparse
 import json
 import sys
 
-from engine.errors import Issue, SpecError
+from engine.errors import GraphError, Issue, PlacementError, SpecError
 from engine.graph import check
+from engine.plan import Plan
 from engine.spec import load_spec
 
 
@@ -53,3 +58,23 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps({"valid": not failed, "files": report}, indent=2))
     return 1 if failed else 0
+
+
+def compile_or_report(path: str) -> Plan | None:
+    """The Plan of `path`, or None after printing its problems (file:line: CODE message) to stderr."""
+    from engine.compiler import compile_file
+
+    try:
+        return compile_file(path)
+    except (SpecError, GraphError, PlacementError) as exc:
+        report(path, exc)
+    return None
+
+
+def report(path: str, exc: SpecError | GraphError | PlacementError) -> None:
+    """Print a compile error the way `validate` does (file:line: CODE message) to stderr."""
+    if isinstance(exc, PlacementError):
+        print(f"{path}: placement: {exc}", file=sys.stderr)
+        return
+    for issue in exc.issues:
+        print(issue.format(), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""A request alone: built from a Schedule and its nodes' runners, with no executor in sight.
+"""A request alone: built from a Dataflow and its nodes' runners, with no executor in sight.
 
 The runners here are the real Batcher and Streamer, started by the test; the test plays the
 executor's one part a request needs, handing finished items back on the request's loop.
@@ -15,12 +15,12 @@ import pytest
 
 from engine.batcher import Batcher
 from engine.compiler import compile_file
+from engine.dataflow import Dataflow
 from engine.errors import InvalidInput, NodeError
 from engine.options import RequestOptions
 from engine.placement import GIB, Device
 from engine.request import Launches, RequestRun
 from engine.runner import Done, Runner
-from engine.schedule import Schedule
 from engine.streamer import Streamer
 
 CPU = [Device("cpu", "cpu", 32 * GIB)]
@@ -88,7 +88,7 @@ def run(plan, runners, inputs, outputs=None, *, streaming=False, request_id="r1"
     async def main():
         loop = asyncio.get_running_loop()
         options = RequestOptions(request_id=request_id, trace=True)
-        request = RequestRun(Schedule(plan, outputs), runners, loop, options, streaming)
+        request = RequestRun(Dataflow(plan, outputs), runners, loop, options, streaming)
         request.begin(inputs)
         if not streaming:
             return await request.future

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.coercion import default_value
 from engine.errors import InvalidInput
 from engine.plan import PIPELINE_INPUT, Plan
-from engine.tensors import default_value
 from nodes.base import TensorSpec
 
 
@@ -26,7 +26,7 @@ class Step:
     forward: tuple[tuple[str, str], ...]  # streamed port → pipeline output, for stream()
 
 
-class Schedule:
+class Dataflow:
     """Nodes needed for `outputs` (all when None), in topological order, with wait counts."""
 
     def __init__(self, plan: Plan, outputs: list[str] | None = None):
