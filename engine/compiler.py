@@ -11,9 +11,10 @@ from pathlib import Path
 
 import networkx as nx
 
+from engine.analysis import Analysis, NodeInfo
 from engine.defaults import placement_field
 from engine.errors import GraphError, PlacementError
-from engine.graph import Analysis, NodeInfo, analyze, parse_ref
+from engine.graph import analyze, parse_ref
 from engine.placement import Device, PlacementRequest, inventory, place, ray_backend
 from engine.plan import PIPELINE_INPUT, Backend, InstancePlan, NodePlan, Plan, Source
 from engine.spec import PipelineSpec, load_spec
@@ -154,9 +155,7 @@ def _backend(spec: PipelineSpec, info: NodeInfo, request: PlacementRequest) -> t
     """The node's backend (own placement, then defaults; local when unset) and, for Ray, the
     device inside its actors. Ray-only fields under a local backend are refused by name."""
     own, defaults = info.spec.placement, spec.defaults.placement
-    blocks = [b for b in (own, defaults) if b is not None]
-    name = next((b.backend for b in blocks if b.backend is not None), "local")
-    if name == "local":
+    if placement_field(spec, info.spec, "backend", "local") == "local":
         checks = (("nodes." + info.name, own, True), ("defaults", defaults, not _any_ray(spec)))
         for label, block, applies in checks:
             if block is None or not applies:
@@ -169,8 +168,8 @@ def _backend(spec: PipelineSpec, info: NodeInfo, request: PlacementRequest) -> t
                         f"and node {info.name!r} runs on backend local; set backend: ray or drop it"
                     )
         return Backend(), ""
-    resources = next((b.resources for b in blocks if b.resources is not None), None)
-    restarts = next((b.max_restarts for b in blocks if b.max_restarts is not None), None)
+    resources = placement_field(spec, info.spec, "resources", None)
+    restarts = placement_field(spec, info.spec, "max_restarts", None)
     return ray_backend(request, resources, restarts)
 
 

@@ -21,6 +21,7 @@ Problems found by checks are collected as `Issue` records; `SpecError`/`GraphErr
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -58,6 +59,14 @@ class Issue:
             "severity": self.severity,
         }
 
+
+def suggest(word: str, options, what: str) -> str:
+    """A hint: "did you mean 'x'? <what>: a, b, c" (or that there are none)."""
+    options = sorted(options)
+    if not options:
+        return f"{what}: none"
+    close = difflib.get_close_matches(word, options, n=1)
+    return (f"did you mean {close[0]!r}? " if close else "") + f"{what}: {', '.join(options)}"
 
 
 class _IssuesError(PipelineError):

@@ -40,52 +40,20 @@ Codes (stable; tests and tools match on them):
 
 from __future__ import annotations
 
-import difflib
 import re
-from dataclasses import dataclass, field
 
 import networkx as nx
 from pydantic import ValidationError
 
-from engine.condition import Condition, ConditionError, parse_condition
-from engine.defaults import batching_fields, placement_field
-from engine.errors import Issue
-from engine.plan import PIPELINE_INPUT, BatchPolicy, Source
-from engine.spec import NAME_PATTERN, NodeSpec, PipelineSpec, validation_issues
+from engine.analysis import Analysis, NodeInfo
+from engine.errors import Issue, suggest
+from engine.node_checks import NodeSettingChecks
+from engine.plan import PIPELINE_INPUT, Source
+from engine.spec import NAME_PATTERN, PipelineSpec, validation_issues
 from nodes import registry
-from nodes.base import Node, NodeParams, Ports, TensorSpec
-from nodes.compute_dtype import bf16_slowdown
+from nodes.base import TensorSpec
 
 _NAME = NAME_PATTERN.strip("^$")
-
-
-@dataclass
-class NodeInfo:
-    """What the checks learnt about one node; fields stay None when they could not be derived."""
-
-    name: str
-    spec: NodeSpec
-    kind: type[Node] | None = None
-    params: NodeParams | None = None
-    ports: Ports | None = None
-    sources: dict[str, Source] = field(default_factory=dict)
-    provided: dict[str, TensorSpec] = field(default_factory=dict)  # what each source gives
-    batching: BatchPolicy | None = None
-    condition: Condition | None = None
-
-
-@dataclass
-class Analysis:
-    """The result of checking a spec: per-node facts, the node graph and every issue."""
-
-    spec: PipelineSpec
-    nodes: dict[str, NodeInfo]
-    graph: nx.DiGraph
-    issues: list[Issue]
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "error"]
 
 
 def check(spec: PipelineSpec) -> list[Issue]:
@@ -99,16 +67,7 @@ def parse_ref(text: str) -> Source | None:
     return Source(m.group(1), m.group(2)) if m else None
 
 
-def suggest(word: str, options, what: str) -> str:
-    """A hint: "did you mean 'x'? <what>: a, b, c" (or that there are none)."""
-    options = sorted(options)
-    if not options:
-        return f"{what}: none"
-    close = difflib.get_close_matches(word, options, n=1)
-    return (f"did you mean {close[0]!r}? " if close else "") + f"{what}: {', '.join(options)}"
-
-
-class _Checker:
+class _Checker(NodeSettingChecks):
     def __init__(self, spec: PipelineSpec):
         self.spec = spec
         self.issues: list[Issue] = []
@@ -290,110 +249,6 @@ class _Checker:
                 "cycle: " + " -> ".join([*cycle, first]),
                 "a pipeline is acyclic; break the cycle by rewiring one of these inputs",
             )
-
-    def check_batching(self, info: NodeInfo) -> None:
-        if info.kind is None:
-            return
-        merged = batching_fields(self.spec, info.spec)
-        own = info.spec.batching
-        where = f"nodes.{info.name}.batching" if own is not None else "defaults.batching"
-
-        def own_sets(name: str) -> bool:
-            return own is not None and getattr(own, name) is not None
-
-        def path(name: str) -> str:
-            if own_sets(name):
-                return f"nodes.{info.name}.batching.{name}"
-            return (
-                f"defaults.batching.{name}"
-                if self.spec.lines.has(f"defaults.batching.{name}")
-                else where
-            )
-
-        limit = info.kind.max_batch_size
-        mbs = merged.get("max_batch_size", BatchPolicy.max_batch_size)
-        if mbs > limit:
-            if own_sets("max_batch_size"):
-                self.add(
-                    "E-BATCH-TOO-LARGE",
-                    path("max_batch_size"),
-                    f"node {info.name!r}: max_batch_size {mbs} is above the {limit} that kind "
-                    f"{info.spec.kind!r} supports",
-                    f"set max_batch_size <= {limit}",
-                )
-            mbs = limit  # an inherited default larger than the kind allows is clamped
-        merged["max_batch_size"] = mbs
-        preferred = merged.get("preferred_batch_sizes", ())
-        if not own_sets("preferred_batch_sizes") and not own_sets("max_batch_size"):
-            # both inherited: keep the defaults usable by kinds with a smaller limit
-            preferred = merged["preferred_batch_sizes"] = tuple(p for p in preferred if p <= mbs)
-        for size in preferred:
-            if size > mbs:
-                self.add(
-                    "E-BATCH-PREFERRED",
-                    path("preferred_batch_sizes"),
-                    f"node {info.name!r}: preferred batch size {size} is above max_batch_size "
-                    f"{mbs}",
-                )
-        policy = BatchPolicy(**merged)
-        if policy.default_priority > policy.priority_levels:
-            self.add(
-                "E-BATCH-PRIORITY",
-                path("default_priority"),
-                f"node {info.name!r}: default_priority {policy.default_priority} is above "
-                f"priority_levels {policy.priority_levels}",
-                "priorities are 1..priority_levels",
-            )
-        info.batching = policy
-
-    def check_placement(self, info: NodeInfo) -> None:
-        device = placement_field(self.spec, info.spec, "device", "auto")
-        for d in placement_field(self.spec, info.spec, "devices", []):
-            if device == "auto" or d == device or (device == "cuda" and d.startswith("cuda")):
-                continue
-            self.add(
-                "E-PLACEMENT-CONFLICT",
-                f"nodes.{info.name}.placement.devices",
-                f"node {info.name!r}: devices lists {d!r} but device is {device!r}",
-                "drop `device` or list only devices it allows",
-            )
-
-    def check_dtype(self, info: NodeInfo) -> None:
-        """An explicit bf16 where this CPU runs it slower than fp32 (read without torch)."""
-        if getattr(info.params, "dtype", None) != "bf16":
-            return
-        device = placement_field(self.spec, info.spec, "device", "auto")
-        warning = bf16_slowdown("bf16", device)
-        if warning:
-            path = f"nodes.{info.name}.params.dtype"
-            self.add("W-DTYPE-BF16-SLOW", path, f"node {info.name!r}: {warning}", "", "warning")
-
-    def check_condition(self, info: NodeInfo) -> None:
-        if info.spec.when is None:
-            return
-        path = f"nodes.{info.name}.when"
-        try:
-            cond = parse_condition(info.spec.when)
-        except ConditionError as exc:
-            self.add("E-COND-SYNTAX", path, f"node {info.name!r}: when: {exc}")
-            return
-        info.condition = cond
-        if info.ports is None:
-            return
-        types = {**info.ports.inputs, **info.provided}
-        for name in sorted(cond.names):
-            if name not in info.ports.inputs:
-                hint = suggest(name, info.ports.inputs, f"inputs of {info.name}")
-                self.add(
-                    "E-COND-NAME",
-                    path,
-                    f"node {info.name!r}: when: {name!r} is not an input port of the node",
-                    hint,
-                )
-        for err in cond.type_errors(types):
-            self.add("E-COND-TYPE", path, f"node {info.name!r}: when: {err}")
-        for note in cond.constant_lengths(types):
-            self.add("W-COND-CONSTANT", path, f"node {info.name!r}: when: {note}", "", "warning")
 
     def check_response_cache(self) -> None:
         """A response cache applies only where every node is deterministic (the kind says)."""

@@ -15,7 +15,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "template": "nodes.template:TemplateNode",
     "python": "nodes.python_fn:PythonNode",
     "llm": "nodes.llm.node:LLMNode",
-    "rerank": "nodes.rerank:RerankNode",
+    "rerank": "nodes.rerank.node:RerankNode",
 }
 
 _registered: dict[str, type[Node]] = {}

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from nodes.dtypes import as_bytes_array
 from nodes.registry import get_kind
-from nodes.rerank import RerankNode, RerankParams
+from nodes.rerank.node import RerankNode, RerankParams
 
 QUERIES = ["how do i read a file", "sort a list of keys", "cats and dogs"]
 PASSAGES = [
@@ -340,7 +340,7 @@ def test_llm_judge_scores_match_transformers(judge):
     from transformers import AutoModelForCausalLM
 
     from nodes.paths import resolve_path
-    from nodes.rerank_llm import NO_WORDS, YES_WORDS
+    from nodes.rerank.llm_judge import NO_WORDS, YES_WORDS
 
     path = resolve_path(SMOLLM2)
     model = AutoModelForCausalLM.from_pretrained(

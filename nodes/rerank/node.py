@@ -2,8 +2,8 @@
 `top_n` passages.
 
 Backends: `cross_encoder` (a Hugging Face sequence-classification folder, torch or onnxruntime;
-nodes/rerank_cross.py) and `llm_judge` (log P(yes) - log P(no) of an LLM's next token after "does
-the document answer the question?", prefill only, on the nodes/llm engine; nodes/rerank_llm.py).
+nodes/rerank/cross_encoder.py) and `llm_judge` (log P(yes) - log P(no) of an LLM's next token after "does
+the document answer the question?", prefill only, on the nodes/llm engine; nodes/rerank/llm_judge.py).
 
 Ports: `query` BYTES [1], `docs` BYTES [-1], optional `ids` INT64 [-1], `keys` BYTES [-1] and
 `prior` FP32 [-1] in (one per doc); `docs`, `scores`, `ids` and `keys` out, best first, at most
@@ -131,7 +131,7 @@ class RerankNode(Node):
         self.dtype = p.compute_dtype(device)
         path = resolve_path(p.model, self.base_dir)
         if p.backend == "cross_encoder":
-            from nodes.rerank_cross import CrossEncoderScorer
+            from nodes.rerank.cross_encoder import CrossEncoderScorer
 
             self.scorer = CrossEncoderScorer(
                 path,
@@ -144,7 +144,7 @@ class RerankNode(Node):
                 cache_dir=resolve_path(p.cache_dir, self.base_dir) if p.cache_dir else None,
             )
         else:
-            from nodes.rerank_llm import LLMJudgeScorer
+            from nodes.rerank.llm_judge import LLMJudgeScorer
 
             self.scorer = LLMJudgeScorer(
                 path,
