@@ -40,7 +40,7 @@ def test_same_model_and_config_share_one_engine(tiny_model_dir):
 
 
 def test_the_rerank_judge_shares_the_generators_engine(smollm2_path):
-    from nodes.rerank_llm import LLMJudgeScorer
+    from nodes.rerank.llm_judge import LLMJudgeScorer
 
     params = LLMParams(model=str(smollm2_path), dtype="fp32", kv_cache_bytes=64 << 20,
                        max_num_seqs=8, max_tokens=4)  # fmt: skip
