@@ -72,17 +72,7 @@ def build_index(
     encoder = EncoderNode(enc, base_dir)
     encoder.load(device)
     try:
-        vectors: np.ndarray | None = None
-        # similar lengths side by side across the whole corpus: micro-batches pad far less
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            chunk = encoder.embed([texts[i] for i in rows])
-            if vectors is None:
-                vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
-            vectors[rows] = chunk
-            if progress is not None:
-                progress(start + len(rows), len(texts))
+        vectors = _embed(encoder, texts, batch_size, progress)
     finally:
         encoder.close()
     embed_s = time.perf_counter() - started
@@ -103,3 +93,20 @@ def build_index(
     if params.index_type == "hnsw":
         meta["hnsw_m"] = params.hnsw_m
     return save_index(out_dir, index, keys, texts, meta)
+
+
+def _embed(encoder: EncoderNode, texts: list[str], batch_size: int, progress) -> np.ndarray:
+    """[len(texts), dim] FP32 embeddings, computed in micro-batches of similar lengths."""
+    vectors: np.ndarray | None = None
+    # similar lengths side by side across the whole corpus: micro-batches pad far less
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = encoder.embed([texts[i] for i in rows])
+        if vectors is None:
+            vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
+        vectors[rows] = chunk
+        if progress is not None:
+            progress(start + len(rows), len(texts))
+    assert vectors is not None  # read_corpus refuses an empty corpus
+    return vectors

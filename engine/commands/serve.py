@@ -23,6 +23,14 @@ def add_parser(subparsers) -> None:
         "SIGTERM finishes in-flight requests, then exits.",
     )
     parser.add_argument("files", nargs="*", metavar="FILE", help="pipeline files")
+    _repository_arguments(parser)
+    _model_arguments(parser)
+    _server_arguments(parser)
+    ray_address.add_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def _repository_arguments(parser) -> None:
     repo = parser.add_argument_group(
         "model repository (Triton's model control)",
         "serve every pipeline file of a folder: DIR/*.yaml or DIR/NAME/N/pipeline.yaml",
@@ -42,6 +50,9 @@ def add_parser(subparsers) -> None:
         "--load-model", action="append", default=[], metavar="NAME",
         help="explicit mode: load NAME at start (repeatable; '*' loads all)",
     )  # fmt: skip
+
+
+def _model_arguments(parser) -> None:
     model = parser.add_argument_group(
         "one model without a pipeline file (like `vllm serve MODEL`)",
         "serve a one-node llm pipeline under /v1 and KServe v2",
@@ -76,6 +87,9 @@ def add_parser(subparsers) -> None:
     model.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
     )
+
+
+def _server_arguments(parser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
@@ -106,8 +120,6 @@ def add_parser(subparsers) -> None:
         "collector, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: "
         "off). Needs pip install 'pipectl[otel]'",
     )
-    ray_address.add_argument(parser)
-    parser.set_defaults(func=run)
 
 
 def _json_object(text: str) -> dict:

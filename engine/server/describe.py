@@ -97,45 +97,54 @@ def model_config(model: ServedModel) -> dict:
         "model_transaction_policy": {"decoupled": model.decoupled},
     }
     if model.node is None:
-        names = _tensor_names(plan)
-        steps = []
-        for node, n in plan.nodes.items():
-            steps.append(
-                {
-                    "model_name": f"{plan.name}.{node}",
-                    "model_version": -1,
-                    "input_map": {
-                        port: src.port if src.is_pipeline_input else names[(src.node, src.port)]
-                        for port, src in n.inputs.items()
-                    },
-                    "output_map": {port: names[(node, port)] for port in n.ports.outputs},
-                }
-            )
-        config["ensemble_scheduling"] = {"step": steps}
-        return config
-    n = plan.nodes[model.node]
+        config["ensemble_scheduling"] = {"step": _ensemble_steps(plan)}
+    else:
+        config.update(_node_config(plan.nodes[model.node]))
+    return config
+
+
+def _ensemble_steps(plan) -> list[dict]:
+    """Triton's ensemble_scheduling steps: each node as model `<pipeline>.<node>`."""
+    names = _tensor_names(plan)
+    return [
+        {
+            "model_name": f"{plan.name}.{node}",
+            "model_version": -1,
+            "input_map": {
+                port: src.port if src.is_pipeline_input else names[(src.node, src.port)]
+                for port, src in n.inputs.items()
+            },
+            "output_map": {port: names[(node, port)] for port in n.ports.outputs},
+        }
+        for node, n in plan.nodes.items()
+    ]
+
+
+def _node_config(n) -> dict:
+    """A node model's backend, dynamic_batching and instance_group, in Triton's fields."""
     policy = n.batching
-    config["backend"] = "pipectl"
-    config["parameters"] = {"kind": {"string_value": n.kind}}
-    config["dynamic_batching"] = {
-        "preferred_batch_size": list(policy.preferred_batch_sizes),
-        "max_queue_delay_microseconds": int(policy.max_queue_delay_ms * 1000),
-        "priority_levels": policy.priority_levels,
-        "default_priority_level": policy.default_priority,
-        "default_queue_policy": {
-            "max_queue_size": policy.max_queue_size,
-            "default_timeout_microseconds": int(policy.timeout_ms * 1000),
-            "allow_timeout_override": True,
-        },
-    }
     groups: dict[str, int] = {}
     for instance in n.instances:
         groups[instance.device] = groups.get(instance.device, 0) + 1
-    config["instance_group"] = [
-        {"name": f"{n.name}_{device}", "count": count, **_device_kind(device)}
-        for device, count in groups.items()
-    ]
-    return config
+    return {
+        "backend": "pipectl",
+        "parameters": {"kind": {"string_value": n.kind}},
+        "dynamic_batching": {
+            "preferred_batch_size": list(policy.preferred_batch_sizes),
+            "max_queue_delay_microseconds": int(policy.max_queue_delay_ms * 1000),
+            "priority_levels": policy.priority_levels,
+            "default_priority_level": policy.default_priority,
+            "default_queue_policy": {
+                "max_queue_size": policy.max_queue_size,
+                "default_timeout_microseconds": int(policy.timeout_ms * 1000),
+                "allow_timeout_override": True,
+            },
+        },
+        "instance_group": [
+            {"name": f"{n.name}_{device}", "count": count, **_device_kind(device)}
+            for device, count in groups.items()
+        ],
+    }
 
 
 def _device_kind(device: str) -> dict:

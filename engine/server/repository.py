@@ -290,19 +290,11 @@ class Repository:
             return
         if batch != 1:
             raise InvalidInput(f"model {name!r} streams: send one item per request, not {batch}")
-        key = self._cache_key(model, inputs, outputs)
-        cached = model.cache.get(key) if key is not None else None  # type: ignore[attr-defined]
+        key, cached = self._cached_stream(model, inputs, outputs)
         if cached is not None:  # the whole answer at once, as its stream joined it
-            model.cache.record(True, 0)  # type: ignore[attr-defined]
-            model.stats.record(True, 1, 0)
             yield cached, True
             return
-        self._enter(model)  # before any await: a reload waits for it before stopping its version
-        try:
-            executor = await self._executor_async(model)
-        except BaseException:
-            self._exit(model)
-            raise
+        executor = await self._entered_executor(model)
         wanted = list(outputs) if outputs else list(model.outputs)
         item = {k: v[0] for k, v in inputs.items()}
         traced = bool(self.tracers) and self._wants(model, traceparent)
@@ -333,6 +325,25 @@ class Repository:
             if traced:
                 error = None if ok else Unavailable("the client went away")
                 self._traced(model, request_id, started, results, error, traceparent)
+
+    def _cached_stream(self, model: ServedModel, inputs, outputs) -> tuple[Any, Any]:
+        """(the response-cache key or None, the cached answer or None); a hit is counted."""
+        key = self._cache_key(model, inputs, outputs)
+        cached = model.cache.get(key) if key is not None else None  # type: ignore[attr-defined]
+        if cached is not None:
+            model.cache.record(True, 0)  # type: ignore[attr-defined]
+            model.stats.record(True, 1, 0)
+        return key, cached
+
+    async def _entered_executor(self, model: ServedModel) -> Executor:
+        """The model's executor, the request counted in flight (before any await: a reload
+        waits for it before stopping its version)."""
+        self._enter(model)
+        try:
+            return await self._executor_async(model)
+        except BaseException:
+            self._exit(model)
+            raise
 
     # ---- tracing ----------------------------------------------------------------------------
     def add_tracer(self, tracer: RequestTracer) -> None:
