@@ -28,6 +28,11 @@ def connect(address: str | None = None) -> None:
     when None; with neither, start a private local Ray (no dashboard) that ends with this
     process. Does nothing when this process is already connected. Unavailable when the cluster
     cannot be reached, or when Ray is not installed."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        # A private instance is one node: Ray's switch for single-node platforms keeps every
+        # address it registers on 127.0.0.1 (otherwise it takes the default route's interface).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -36,7 +41,6 @@ def connect(address: str | None = None) -> None:
         ) from None
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray's C++ crash handler would catch the server's SIGTERM (drain, then exit) and abort
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")

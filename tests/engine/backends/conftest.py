@@ -24,6 +24,8 @@ def ray_cluster(tmp_path_factory):
     try:
         ray.init(address=cluster.address, logging_level="WARNING")
         wait_for_nodes(2)
+        addresses = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+        assert addresses == {"127.0.0.1"}, f"the test cluster left loopback: {addresses}"
         yield cluster
     finally:
         ray.shutdown()

@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-RAY = str(Path(sys.executable).with_name("ray"))
+# `ray` itself, with the node address kept on 127.0.0.1 (see ray_start_loopback.py)
+RAY = [sys.executable, "-m", "tests.engine.backends.ray_start_loopback"]
+ROOT = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 120
 # local test cluster: no token files shared with other clusters on the machine, no usage stats
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -60,20 +62,22 @@ def start_cluster(log: Path) -> RayCluster:
     while 10002 <= port <= 19999:  # Ray keeps that range for its workers
         port = _free_port()
     cluster = RayCluster(f"127.0.0.1:{port}", temp_dir, log)
-    env = dict(os.environ, **ENV)
+    # `ray start` of a second node refuses to run with the single-node switch that keeps drivers
+    # on loopback; the loopback entry point keeps these nodes there instead
+    env = dict(os.environ, **ENV, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")
     # a small object store each: CI containers often have a small /dev/shm
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats",
               "--object-store-memory", str(256 << 20)]  # fmt: skip
-    head = [RAY, "start", "--head", "--port", str(port), "--temp-dir", temp_dir,
+    head = [*RAY, "start", "--head", "--port", str(port), "--temp-dir", temp_dir,
             "--include-dashboard=false", "--ray-client-server-port", str(_free_port()),
             "--dashboard-agent-listen-port", str(_free_port()),
             "--resources", '{"zone_a": 1}', *common]  # fmt: skip
-    second = [RAY, "start", "--address", cluster.address, "--resources", '{"zone_b": 1}',
+    second = [*RAY, "start", "--address", cluster.address, "--resources", '{"zone_b": 1}',
               "--dashboard-agent-listen-port", str(_free_port()), *common]  # fmt: skip
     try:
         with log.open("ab") as out:
             for cmd in (head, second):
-                subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                subprocess.run(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                timeout=START_TIMEOUT_S, check=True)  # fmt: skip
     except BaseException:
         cluster.stop()
