@@ -19,7 +19,6 @@ import asyncio
 import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import replace
 from functools import partial
 from typing import Any, Self
 
@@ -151,10 +150,10 @@ class Executor:
     ) -> RequestRun:
         if not self._started:
             raise Unavailable(f"pipeline {self.plan.name!r} is not started")
-        if not options.request_id:
-            options = replace(options, request_id=str(next(self._ids)))
+        request_id = options.request_id or str(next(self._ids))  # no replace(): hot path
         loop = asyncio.get_running_loop()
-        run = RequestRun(self._dataflow_for(outputs), self.runners, loop, options, streaming)
+        dataflow = self._dataflow_for(outputs)
+        run = RequestRun(dataflow, self.runners, loop, options, streaming, request_id)
         try:
             run.begin(inputs)
         except BaseException:

@@ -29,9 +29,13 @@ class RequestOptions:
     @classmethod
     def of(cls, options: RequestOptions | None = None, **fields: Any) -> RequestOptions:
         """`options` (the defaults when None) with `fields` replaced; a None field is not given."""
-        given = {name: value for name, value in fields.items() if value is not None}
         base = options if options is not None else _DEFAULT
-        return replace(base, **given) if given else base
+        if not fields:  # the common case, kept cheap: no dict, no replace()
+            return base
+        given = {name: value for name, value in fields.items() if value is not None}
+        if not given:
+            return base
+        return cls(**given) if options is None else replace(base, **given)
 
     def for_item(self, index: int, batch: int) -> RequestOptions:
         """The options of item `index` of a client batch: its id gets `/index` when batch > 1."""

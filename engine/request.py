@@ -91,12 +91,13 @@ class RequestRun(Ticket):
         loop: asyncio.AbstractEventLoop,
         options: RequestOptions,
         streaming: bool,
+        request_id: str = "",
     ):
         super().__init__(loop)
         self.dataflow = dataflow
         self.runners = runners
         self.options = options
-        self.request_id = options.request_id
+        self.request_id = request_id or options.request_id  # the executor numbers unnamed ones
         self.priority = options.priority
         timeout_s = self.timeout_s = options.timeout_s
         self.deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9) if timeout_s else 0
