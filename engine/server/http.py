@@ -198,39 +198,47 @@ def model_of(repo: Repository, request: web.Request) -> ServedModel:
 
 
 async def server_metadata(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """GET /v2: server name, version and extensions."""
     return web.json_response(describe.server_metadata())
 
 
 async def live(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """GET /v2/health/live: 200 while the process serves."""
     return web.Response(status=200)
 
 
 async def ready(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """GET /v2/health/ready: 200 once every model is loaded and the server is not draining."""
     return web.Response(status=200 if repo.ready else 503)
 
 
 async def model_metadata(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """GET /v2/models/{model}[/versions/{v}]: inputs, outputs, platform, versions."""
     model = model_of(repo, request)
     versions = repo.served_versions(model.name)
     return web.json_response(describe.model_metadata(model, versions))
 
 
 async def model_ready(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """GET .../ready: 200 when this model takes requests."""
     model = model_of(repo, request)
     return web.Response(status=200 if repo.model_ready(model) else 503)
 
 
 async def model_config(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """GET .../config: Triton's ModelConfig (ensemble steps, dynamic batching, instances)."""
     return web.json_response(describe.model_config(model_of(repo, request)))
 
 
 async def model_stats(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """GET /v2/models[/{model}]/stats: per-model and per-node statistics."""
     name = request.match_info.get("model", "")
     stats = describe.statistics(repo, name, request.match_info.get("version", ""))
     return web.json_response(stats)
 
 
 async def repository_index(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """POST /v2/repository/index: every model and its state."""
     body = loads(await request.read() or b"{}") if request.can_read_body else {}
     if not isinstance(body, dict) or not isinstance(body.get("ready", False), bool):
         raise InvalidInput('repository index: the body must be {"ready": true|false}')
@@ -239,6 +247,7 @@ async def repository_index(repo: Repository, request: web.Request) -> web.Stream
 
 
 async def repository_control(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """POST /v2/repository/models/{model}/load|unload: Triton's model control."""
     name, action = request.match_info["model"], request.match_info["action"]
     body = await request.read()
     parsed = loads(body) if body.strip() else {}
@@ -251,6 +260,7 @@ async def repository_control(repo: Repository, request: web.Request) -> web.Stre
 
 
 async def infer(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """POST .../infer: a KServe v2 request (JSON, or the binary tensor extension)."""
     model = model_of(repo, request)
     header, binary = await _json_body(request)
     body = kserve_body.parse_infer(header)
@@ -267,6 +277,7 @@ async def infer(repo: Repository, request: web.Request) -> web.StreamResponse:
 
 
 async def generate(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """POST .../generate: named JSON inputs in, named JSON outputs out."""
     model = model_of(repo, request)
     body, _ = await _json_body(request)
     outputs = await repo.infer(
@@ -281,6 +292,7 @@ async def generate(repo: Repository, request: web.Request) -> web.StreamResponse
 
 
 async def generate_stream(repo: Repository, request: web.Request) -> web.StreamResponse:
+    """POST .../generate_stream: as generate, each delta a server-sent event."""
     model = model_of(repo, request)
     body, _ = await _json_body(request)
     events = repo.stream(
