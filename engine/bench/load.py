@@ -19,30 +19,10 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
+from engine.bench.clients import clients
 from engine.bench.procs import ClientProcesses
 from engine.bench.targets import Inputs, NodeCounters, Sample, Target
 from engine.samples import percentiles
-
-
-async def clients(
-    target: Target,
-    requests: list[Inputs],
-    concurrency: int,
-    start_at: float,
-    stop_at: float,
-    samples: list[Sample],
-) -> None:
-    """`concurrency` closed-loop clients until `stop_at` (perf_counter s); the samples that end
-    after `start_at` go to `samples`."""
-    order = itertools.count()
-
-    async def client() -> None:
-        while time.perf_counter() < stop_at:
-            sample = await target.call(requests[next(order) % len(requests)])
-            if sample.end >= start_at:  # ended in the window (or after it: dropped later)
-                samples.append(sample)
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
 
 
 async def run_level(

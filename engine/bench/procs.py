@@ -16,8 +16,8 @@ from engine.bench.targets import Inputs, Sample
 
 def _child(conn, spec: str, model: str, api_key: str | None, requests: list[Inputs],
            concurrency: int, start_at: float, stop_at: float) -> None:  # fmt: skip
-    from engine.bench.load import clients
-    from engine.commands.bench import make_target
+    from engine.bench.clients import clients
+    from engine.bench.target_url import make_target
 
     async def go() -> list[Sample]:
         target = make_target(spec, model, api_key, None)

@@ -62,26 +62,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def make_target(spec: str, model: str | None, api_key: str | None, outputs: list[str] | None):
-    """The Target that `spec` names (see the command's description)."""
-    from engine.bench.remote import Grpc, Http
-    from engine.bench.targets import InProcess
-
-    if spec.startswith("grpc://"):
-        return Grpc(spec.removeprefix("grpc://").rstrip("/"), model, api_key)
-    if spec.startswith(("http://", "https://")):
-        base = spec.rstrip("/")
-        if base.endswith("/v1"):
-            return Http(base.removesuffix("/v1"), model, api_key, openai=True)
-        return Http(base, model, api_key)
-    if Path(spec).is_file():
-        return InProcess(spec, outputs)
-    raise ValueError(
-        f"{spec!r} is neither a pipeline file nor a URL (grpc://HOST:PORT, http://HOST:PORT, "
-        "http://HOST:PORT/v1)"
-    )
-
-
 def _check_numbers(args: argparse.Namespace) -> None:
     """Durations and limits that cannot describe a run are refused by option name."""
     for option, value, ok, rule in (
@@ -154,6 +134,7 @@ def _event_loop_run(coroutine):
 def run(args: argparse.Namespace) -> int:
     from engine.bench.remote import BenchError
     from engine.bench.report import table, to_csv
+    from engine.bench.target_url import make_target
     from engine.errors import PipelineError
 
     outputs = [o.strip() for o in args.outputs.split(",")] if args.outputs else None
