@@ -178,6 +178,7 @@ def node_statistics(repo: Repository, model: ServedModel) -> dict:
     placed = len(model.plan.nodes[model.node].instances)
     total["instances_up"] = int(stats.get("instances_up", placed)) if stats else 0
     total["restarts"] = int(stats.get("restarts", 0)) if stats else 0
+    total["placement"] = list(stats.get("placement", [])) if stats else []
     # a streaming node's own numbers (e.g. the LLM engine's gauges), under its kind name
     own = stats.get(model.plan.nodes[model.node].kind) if stats else None
     total["own"] = own if isinstance(own, dict) else {}

@@ -8,7 +8,7 @@
                     "nodes": [NODE, ...], "recent": [REQUEST, ...]}]}
 
 NODE: name, kind, streaming, when (the condition, or null), instances ([{"index", "device",
-...}]), queued (items waiting now), success, failure (failed + expired + rejected), batches,
+"backend", "ready", "restarts", and for a Ray actor "node_id", "host", "pid"}]), queued (items waiting now), success, failure (failed + expired + rejected), batches,
 batch_sizes ({size: batches}), rps (items/s over the last 10 s), and over the last `window_s`
 seconds (at most the node's last 1,024 batches and 2,048 items): queue_ms (per item) and
 compute_ms (per batch) as {"p50", "p90", "p99"} or null, mean_batch, count; a node with
@@ -86,6 +86,8 @@ class LiveStats:
             return out | {"queued": 0, "success": 0, "failure": 0, "batches": 0, "rps": 0.0}
         s = node_statistics(self.repo, node_model)
         out |= {k: s[k] for k in ("queued", "success", "failure", "batches")}
+        for planned, running in zip(out["instances"], s["placement"], strict=False):
+            planned |= running  # where it runs now: backend, ready, restarts, Ray node id, pid
         out["batch_sizes"] = {str(k): v for k, v in sorted(s["batch_sizes"].items())}
         recent = executor.recent(name)  # type: ignore[attr-defined]
         if recent is not None:

@@ -174,7 +174,11 @@ function ioCard(id, title, names) {
 
 function nodeCard(n) {
   const devices = {};
-  for (const i of n.instances) devices[i.device] = (devices[i.device] || 0) + 1;
+  for (const i of n.instances) {
+    const where = i.backend === "ray" ? `${i.device} on Ray node ${String(i.node_id || "?").slice(0, 8)}` : i.device;
+    const label = i.ready === false ? `${where} (down)` : where;
+    devices[label] = (devices[label] || 0) + 1;
+  }
   const inst = Object.entries(devices).map(([d, c]) => `${d} ×${c}`).join(", ");
   const cells = [
     ["queued", fmt(n.queued, 0), "queued"], ["req/s", fmt(n.rps), "rps"],

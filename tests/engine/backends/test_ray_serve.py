@@ -5,6 +5,7 @@ node not ready, is restarted by Ray, is counted in /metrics, and serves again. `
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -52,6 +53,18 @@ def _metric(text: str, name: str, node: str) -> float:
     return float(value)
 
 
+def _assert_live_page_names_the_ray_nodes(base: str) -> None:
+    import ray
+
+    (pipeline,) = json.loads(_get(f"{base}/v2/stats/live")[1])["pipelines"]
+    instances = {n["name"]: n["instances"] for n in pipeline["nodes"]}
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    (encode,), (search,) = instances["encode"], instances["search"]
+    assert encode["backend"] == search["backend"] == "ray"
+    assert {encode["node_id"], search["node_id"]} <= alive
+    assert encode["node_id"] != search["node_id"]  # zone_a and zone_b
+
+
 def _actor_pid(node: str) -> int:
     import ray
 
@@ -85,6 +98,7 @@ def test_serve_a_ray_pipeline_to_tritonclient(ray_cluster, tmp_path):
         metrics = _get(f"{base}/metrics")[1]
         assert _metric(metrics, "pipectl_node_instances_up", "encode") == 1
         assert _metric(metrics, "pipectl_node_instance_restarts", "encode") == 0
+        _assert_live_page_names_the_ray_nodes(base)
 
         os.kill(_actor_pid("encode"), signal.SIGKILL)
         seen: list[int] = []
