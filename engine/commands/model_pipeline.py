@@ -32,6 +32,7 @@ def model_spec(
     served_name: str | None = None,
     *,
     dtype: str | None = None,
+    quantization: str | None = None,
     max_model_len: int | None = None,
     kv_cache_bytes: int | None = None,
     speculative: dict | None = None,
@@ -44,6 +45,7 @@ def model_spec(
     params: dict = {"model": model}
     for key, value in (
         ("dtype", dtype),
+        ("quantization", quantization),
         ("max_model_len", max_model_len),
         ("kv_cache_bytes", kv_cache_bytes),
         ("speculative", speculative),

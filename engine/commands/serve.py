@@ -76,6 +76,12 @@ def _model_arguments(parser) -> None:
         "--max-model-len", type=int, help="prompt plus output tokens (default: 2048)"
     )
     model.add_argument(
+        "--quantization",
+        choices=("auto", "none", "int8", "int4"),
+        help="weights at run time (default: auto: a quantized GGUF stays quantized, a HF folder "
+        "dense; none: dequantized to the compute dtype)",
+    )
+    model.add_argument(
         "--speculative-config",
         type=_json_object,
         help='speculative decoding, as vLLM\'s flag: \'{"method": "ngram", '
@@ -163,7 +169,7 @@ def _model_plan(args: argparse.Namespace):
         return compile_spec(
             model_spec(
                 args.model, args.served_model_name, dtype=args.dtype,
-                speculative=args.speculative_config,
+                quantization=args.quantization, speculative=args.speculative_config,
                 max_model_len=args.max_model_len, kv_cache_bytes=args.kv_cache_bytes,
                 device=args.device, base_dir=os.getcwd(),
             )
@@ -193,8 +199,8 @@ def _option_problem(args: argparse.Namespace) -> str | None:
             return f"{option} must be {rule}, not {value}"
     if args.served_model_name == "":
         return "--served-model-name must not be empty"
-    model_only = ("served_model_name", "dtype", "max_model_len", "kv_cache_bytes",
-                  "speculative_config")  # fmt: skip
+    model_only = ("served_model_name", "dtype", "quantization", "max_model_len",
+                  "kv_cache_bytes", "speculative_config")  # fmt: skip
     stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
     if stray and not args.model:
         return f"{', '.join(stray)} only applies with --model"
