@@ -4,10 +4,9 @@ A `Runner` (engine/runner.py). Items wait in one queue per priority level (1 ser
 instance worker (engine/instance.py) has a dispatch thread here that takes a batch when the queue
 holds `max_batch_size` items, when a preferred batch size can be formed, or when the oldest item
 has waited `max_queue_delay_ms` (all in `_wait_for_batch`), and hands it whole to its instance.
-Items of cancelled requests are dropped and expired ones rejected before compute. A batch that
-raises is split in halves and retried so that only the failing item fails (a Ray actor isolates
-failures itself, one hop per batch, and returns `ItemFailure`s). An instance that is down
-(Unavailable: its actor died) fails its whole batch, and takes no batch until it is back. Results go back
+Items of cancelled requests are dropped and expired ones rejected before compute; the rest are
+computed with failure isolation (engine/batch_compute.py) and counted (engine/batch_statistics.py).
+An instance that is down (Unavailable: its actor died) takes no batch until it is back. Results go back
 through `on_done`, called once per batch in the dispatch thread (the executor turns that into one
 event-loop handoff per batch).
 """
@@ -20,21 +19,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-from engine.backends.ray_actor import ItemFailure
-from engine.errors import (
-    DeadlineExceeded,
-    InvalidInput,
-    NodeError,
-    QueueFull,
-    RequestError,
-    Unavailable,
-    node_failure,
-)
+from engine.batch_compute import compute_batch, failed
+from engine.batch_statistics import BatcherStatistics
+from engine.errors import DeadlineExceeded, NodeError, QueueFull, Unavailable
 from engine.instance import Instance, instances_for, placement_statistics
 from engine.plan import BatchPolicy, NodePlan
 from engine.queue_timer import QueueTimer
 from engine.runner import Done, OnDone, OnLoaded, Ticket, WorkItem
-from engine.samples import RecentSamples
 
 __all__ = ["Batcher", "Done", "Ticket", "WorkItem"]
 log = logging.getLogger("pipectl.batcher")
@@ -80,21 +71,8 @@ class Batcher:
         self._loaded_once = False
         self._loaded = threading.Semaphore(0)
         self._load_errors: list[BaseException] = []
-        self._stats_lock = threading.Lock()
-        self._stats = {
-            "success": 0,
-            "failure": 0,
-            "cancelled": 0,
-            "expired": 0,
-            "rejected": 0,
-            "invalid": 0,
-            "restarts": 0,
-            "batches": 0,
-            "queue_ns": 0,
-            "compute_ns": 0,
-        }
-        self._histogram: dict[int, int] = {}
-        self.recent = RecentSamples()  # written under _stats_lock, read by the live page
+        self._stats = BatcherStatistics()
+        self.recent = self._stats.recent  # read by the live page
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self, on_loaded: OnLoaded | None = None) -> None:
@@ -129,7 +107,7 @@ class Batcher:
                 self._size = 0
             self._cond.notify_all()
         if dropped:
-            self._on_done([self._failed(it, Unavailable.stopping(self.name)) for it in dropped])
+            self._on_done([failed(it, Unavailable.stopping(self.name)) for it in dropped])
         self._timer.stop()
         for thread in list(self._threads):
             if thread is not threading.current_thread():
@@ -164,8 +142,7 @@ class Batcher:
             if self._idle or self._size >= self._wake_size:
                 self._cond.notify()
         if rejected:
-            with self._stats_lock:
-                self._stats["rejected"] += len(rejected)
+            self._stats.count(rejected=len(rejected))
         return rejected
 
     def queue_full_error(self, item: WorkItem) -> QueueFull:
@@ -211,7 +188,7 @@ class Batcher:
                         cancelled += 1
                     elif self._timeout_ns and now - item.enqueued_ns >= self._timeout_ns:
                         error = self._expired_error(item, now)
-                        done.append(self._failed(item, error, now - item.enqueued_ns))  # type: ignore[arg-type]
+                        done.append(failed(item, error, now - item.enqueued_ns))  # type: ignore[arg-type]
                     else:
                         if item.deadline_ns and now >= item.deadline_ns:
                             self._timer.note(now + _RECHECK_NS)
@@ -220,7 +197,7 @@ class Batcher:
                 queue.extend(keep)
             self._size = sum(len(q) for q in self._queues)
         if done or cancelled:
-            self._record(done, cancelled, 0, 0)
+            self._stats.record(done, cancelled, 0, 0)
         if done:
             self._on_done(done)
 
@@ -273,7 +250,7 @@ class Batcher:
         self, instance: Instance, on_loaded: OnLoaded | None, index: int = 0, restart: bool = False
     ) -> None:
         """Load the instance, then serve batches until stopped. Anything that escapes (only
-        KeyboardInterrupt does: _compute contains the rest) loses the thread: its batch fails
+        KeyboardInterrupt does: compute_batch contains the rest) loses the thread: its batch fails
         naming the node, and a new thread reloads the instance (see `_lost`)."""
         try:
             instance.load()
@@ -316,7 +293,7 @@ class Batcher:
         why = f"{type(exc).__name__}: {exc}"
         log.error("node %r instance %d lost (%s); restarting it", self.name, index, why)
         done = [
-            self._failed(item, NodeError(
+            failed(item, NodeError(
                 f"node {self.name!r} instance {index} was lost while computing request "
                 f"{item.request_id!r} ({why}); it is being restarted", node=self.name))
             for item in self._in_hand.pop(index, [])
@@ -328,10 +305,8 @@ class Batcher:
                     queue.clear()
                 self._size = 0
             error = f"node {self.name!r} has no live instance (restarting)"
-            done += [self._failed(it, Unavailable(error, node=self.name)) for it in queued]
-        with self._stats_lock:
-            self._stats["restarts"] += 1
-            self._stats["failure"] += len(done)
+            done += [failed(it, Unavailable(error, node=self.name)) for it in queued]
+        self._stats.count(restarts=1, failure=len(done))
         if done:
             self._on_done(done)
         thread = threading.Thread(
@@ -368,83 +343,20 @@ class Batcher:
             if item.ticket.cancelled:
                 cancelled += 1
             elif (error := self._expired_error(item, now)) is not None:
-                done.append(self._failed(item, error))
+                done.append(failed(item, error))
             else:
                 live.append(item)
         compute_ns = 0
         if live:
             start = time.monotonic_ns()
-            done.extend(self._compute(instance, live, start, index))
+            done.extend(compute_batch(self.name, instance, live, start, index))
             compute_ns = time.monotonic_ns() - start
-        self._record(done, cancelled, len(live), compute_ns)
+        self._stats.record(done, cancelled, len(live), compute_ns)
         return done
-
-    def _compute(
-        self, instance: Instance, items: list[WorkItem], dispatched_ns: int, index: int = 0
-    ) -> list[Done]:
-        start = time.monotonic_ns()
-        try:
-            outputs = instance.run_batch([item.inputs for item in items])
-            if len(outputs) != len(items):
-                raise ValueError(
-                    f"run_batch returned {len(outputs)} results for {len(items)} items"
-                )
-        except Unavailable as exc:  # the instance is down (its actor died): the whole batch
-            queued = dispatched_ns - items[0].enqueued_ns
-            return [self._failed(it, Unavailable(str(exc), node=self.name), queued) for it in items]
-        except BaseException as exc:  # SystemExit too: a node failure fails only its item
-            if isinstance(exc, KeyboardInterrupt):
-                raise  # the one thing not contained: the instance's thread is lost (restarted)
-            if len(items) > 1:  # bisect so that only the failing item fails
-                half = len(items) // 2
-                return self._compute(instance, items[:half], dispatched_ns, index) + self._compute(
-                    instance, items[half:], dispatched_ns, index
-                )
-            item = items[0]
-            error = node_failure(self.name, item.request_id, exc)
-            return [self._failed(item, error, dispatched_ns - item.enqueued_ns)]
-        compute_ns = time.monotonic_ns() - start
-        size = len(items)
-        done = []
-        for item, out in zip(items, outputs, strict=True):
-            queued = dispatched_ns - item.enqueued_ns
-            if isinstance(out, ItemFailure):  # isolated by the instance itself (a Ray actor)
-                error = node_failure(self.name, item.request_id, out.error)
-                done.append(self._failed(item, error, queued))
-            else:
-                done.append(Done(item, out, None, queued, compute_ns, size, index))
-        return done
-
-    def _failed(self, item: WorkItem, error: RequestError, queue_ns: int = 0) -> Done:
-        if not error.request_id:
-            error.request_id = item.request_id
-        return Done(item, None, error, queue_ns, 0, 0)
-
-    def _record(self, done: list[Done], cancelled: int, computed: int, compute_ns: int) -> None:
-        with self._stats_lock:
-            stats = self._stats
-            stats["cancelled"] += cancelled
-            for d in done:
-                if d.error is None:
-                    stats["success"] += 1
-                elif isinstance(d.error, DeadlineExceeded):
-                    stats["expired"] += 1
-                elif isinstance(d.error, InvalidInput):  # the request's fault, not the node's
-                    stats["invalid"] += 1
-                else:
-                    stats["failure"] += 1
-                stats["queue_ns"] += d.queue_ns
-            if computed:
-                stats["batches"] += 1
-                stats["compute_ns"] += compute_ns
-                self._histogram[computed] = self._histogram.get(computed, 0) + 1
-                self.recent.record(time.monotonic_ns(), compute_ns, done)
 
     def statistics(self) -> dict:
         """Counts, queue and compute nanosecond totals, and the batch size histogram."""
-        with self._stats_lock:
-            stats = dict(self._stats)
-            stats["batch_sizes"] = dict(sorted(self._histogram.items()))
+        stats = self._stats.snapshot()
         stats["queued"] = self._size
         stats["instances"] = len(self._instances)
         placement = placement_statistics(self._instances)

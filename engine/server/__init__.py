@@ -1,7 +1,9 @@
 """The serving faces of pipectl (`pipectl serve`): they translate protocols, nothing more.
 
 app.py         one process: gRPC and HTTP on one event loop, loading, readiness, SIGTERM drain
-repository.py  the served models and the request path (batch split, stack, errors, drain)
+repository.py  the served models and the request path (batch split, cache, tracing, drain)
+request_check.py  a request's inputs and outputs checked against its model (names, dtypes, shapes)
+batch_results.py  per-item results stacked back into the client's batch; stream events joined
 model.py       a served model: a pipeline, or one node as `<pipeline>.<node>` (sub-plan)
 describe.py    metadata, ModelConfig (pipelines as Triton ensembles), statistics, index
 tensors.py     KServe v2 tensors <-> numpy (raw, typed contents, JSON; BYTES length prefix)

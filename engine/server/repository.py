@@ -12,15 +12,23 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import InvalidInput, NodeError, NotFound, RequestError, Unavailable
+from engine.errors import InvalidInput, NotFound, Unavailable
 from engine.options import RequestOptions
 from engine.plan import Plan
 from engine.result import Result
+from engine.server.batch_results import (
+    assemble_stream,
+    batch_size,
+    gather_items,
+    reraise,
+    stack_outputs,
+)
 from engine.server.model import LOADING, READY, UNAVAILABLE, ServedModel, shared_executor
+from engine.server.request_check import check_request
 from engine.server.response_cache import request_key, uncacheable_nodes
 from engine.server.traces import RequestTracer, TracedRequest
 from engine.server.versions import PipelineVersion, build_version
@@ -154,50 +162,6 @@ class Repository:
         return model.executor
 
     # ---- requests ------------------------------------------------------------------------
-    def check_request(
-        self, model: ServedModel, inputs: dict[str, np.ndarray], outputs: list[str] | None
-    ) -> int:
-        """Validate names, dtypes and shapes against the model; returns the batch size."""
-        from nodes.dtypes import kserve_dtype
-
-        for name in inputs:
-            if name not in model.inputs:
-                raise InvalidInput.unknown_input(name, model.inputs, model.name)
-        missing = [n for n, s in model.inputs.items() if n not in inputs and not s.optional]
-        if missing:
-            raise InvalidInput(
-                f"model {model.name!r}: missing input {missing[0]!r} "
-                f"(read by node {', '.join(model.consumers(missing[0]))})"
-            )
-        batch = None
-        for name, array in inputs.items():
-            spec = model.inputs[name]
-            if array.dtype != model.numpy_dtypes[name]:
-                raise InvalidInput(
-                    f"{model.where(name)}: datatype {kserve_dtype(array.dtype)}, expected {spec.dtype}"
-                )
-            shape = array.shape
-            if len(shape) != len(spec.shape) + 1 or any(
-                w != -1 and w != g for w, g in zip(spec.shape, shape[1:], strict=False)
-            ):
-                want = ["batch", *spec.shape]
-                raise InvalidInput(f"{model.where(name)}: shape {list(shape)}, expected {want}")
-            if batch is not None and shape[0] != batch:
-                raise InvalidInput(
-                    f"model {model.name!r}: inputs disagree on the batch size "
-                    f"({batch} and {shape[0]} for {name!r})"
-                )
-            batch = shape[0]
-        for name in outputs or ():
-            if name not in model.outputs:
-                raise InvalidInput(
-                    f"model {model.name!r} has no output {name!r}; outputs: "
-                    f"{', '.join(model.outputs)}"
-                )
-        if not batch:
-            raise InvalidInput(f"model {model.name!r}: empty batch")
-        return batch
-
     async def infer(
         self,
         name: str,
@@ -221,7 +185,7 @@ class Repository:
         hit = model.cache.get(key)  # type: ignore[attr-defined]
         if hit is not None:
             model.cache.record(True, time.monotonic_ns() - started)  # type: ignore[attr-defined]
-            model.stats.record(True, _batch_size(inputs), time.monotonic_ns() - started)
+            model.stats.record(True, batch_size(inputs), time.monotonic_ns() - started)
             return hit
         out = await self._infer(model, inputs, outputs, options)
         model.cache.put(key, out)  # type: ignore[attr-defined]
@@ -240,7 +204,7 @@ class Repository:
         request_id, traceparent = options.request_id, options.traceparent
         self._enter(model)  # before any await: a reload waits for it before stopping its version
         try:
-            batch = self.check_request(model, inputs, outputs)
+            batch = check_request(model, inputs, outputs)
             executor = await self._executor_async(model)
         except BaseException:
             self._exit(model)
@@ -254,13 +218,13 @@ class Repository:
                 executor.submit({k: v[i] for k, v in inputs.items()}, wanted, options.for_item(i, batch))
                 for i in range(batch)
             ]  # fmt: skip
-            results = await _all(calls)
-            out = _stack_outputs(wanted, [r.outputs for r in results])
+            results = await gather_items(calls)
+            out = stack_outputs(wanted, [r.outputs for r in results])
         except Exception as exc:  # noqa: BLE001 - any failure becomes a typed error
             model.stats.record(False, batch, time.monotonic_ns() - started)
             if traced:
                 self._traced(model, request_id, started, [], exc, traceparent)
-            _reraise(exc, model)
+            reraise(exc, model)
         finally:
             self._exit(model)
         model.stats.record(True, batch, time.monotonic_ns() - started)
@@ -283,7 +247,7 @@ class Repository:
         options = RequestOptions.of(options, **fields)
         request_id, traceparent = options.request_id, options.traceparent
         model = self.serving(name, version)
-        batch = self.check_request(model, inputs, outputs)
+        batch = check_request(model, inputs, outputs)
         if not model.decoupled:
             out = await self.infer(name, inputs, outputs, version=version, options=options)
             yield out, True
@@ -312,13 +276,13 @@ class Repository:
                 yield delta, event.final
             ok = True
             if key is not None:
-                model.cache.put(key, _assemble(seen, model.streamed))  # type: ignore[attr-defined]
+                model.cache.put(key, assemble_stream(seen, model.streamed))  # type: ignore[attr-defined]
                 model.cache.record(False, time.monotonic_ns() - started)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - any failure becomes a typed error
             if traced:
                 self._traced(model, request_id, started, [], exc, traceparent)
                 traced = False
-            _reraise(exc, model)
+            reraise(exc, model)
         finally:
             model.stats.record(ok, 1, time.monotonic_ns() - started)
             self._exit(model)
@@ -409,71 +373,3 @@ class Repository:
             return True
         except TimeoutError:
             return False
-
-
-def _batch_size(inputs: dict[str, np.ndarray]) -> int:
-    return next((int(np.shape(a)[0]) for a in inputs.values()), 1)
-
-
-def _assemble(events: list[dict[str, np.ndarray]], streamed: frozenset[str]) -> dict:
-    """A whole response from a stream's events: streamed outputs joined, others the last."""
-    from engine.executor import concat_deltas
-
-    chunks: dict[str, list[np.ndarray]] = {}
-    for outputs in events:
-        for name, array in outputs.items():
-            if name in streamed:
-                chunks.setdefault(name, []).append(array[0])
-            else:
-                chunks[name] = [array[0]]
-    return {n: concat_deltas(c)[np.newaxis] if n in streamed else c[0][np.newaxis]
-            for n, c in chunks.items()}  # fmt: skip
-
-
-async def _all(calls: list) -> list:
-    """Await every call; on the first error cancel the rest and raise it."""
-    if len(calls) == 1:
-        return [await calls[0]]
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-def _stack_outputs(wanted: list[str], per_item: list[dict[str, np.ndarray]]) -> dict:
-    """Stack each output over the batch; an output every item skipped (its node's condition was
-    false) is left out."""
-    out = {}
-    for name in wanted:
-        arrays = [r.get(name) for r in per_item]
-        present = [a for a in arrays if a is not None]
-        if not present:
-            continue
-        if len(present) != len(arrays):
-            raise InvalidInput(
-                f"output {name!r} was produced for some items of the batch and skipped for "
-                "others; send these items in separate requests"
-            )
-        if len(arrays) == 1:
-            out[name] = np.asarray(arrays[0])[np.newaxis]
-            continue
-        try:
-            out[name] = np.stack(arrays)
-        except ValueError:
-            shapes = sorted({tuple(np.shape(a)) for a in arrays})
-            raise InvalidInput(
-                f"output {name!r} has different shapes across the batch ({shapes}); "
-                "send these items in separate requests"
-            ) from None
-    return out
-
-
-def _reraise(exc: Exception, model: ServedModel) -> NoReturn:
-    """Re-raise a RequestError as is; anything else becomes a NodeError (INTERNAL)."""
-    if isinstance(exc, RequestError):
-        raise exc
-    raise NodeError(f"model {model.name!r}: {type(exc).__name__}: {exc}") from exc
