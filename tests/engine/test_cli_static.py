@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.cli import main
+from tests.validate_imports import validate_in_fresh_process
 
 ROOT = Path(__file__).parent.parent.parent
 GOOD = Path(__file__).parent.parent / "data" / "pipelines" / "search.yaml"
@@ -134,23 +135,9 @@ def test_validate_in_a_fresh_process_does_not_import_torch(write_pipeline):
         "on_ray.yaml",
     )
     (on_ray.parent / "steps.py").write_text(PYTHON.with_name("steps.py").read_text())
-    code = (
-        "import runpy, sys\n"
-        "runpy.run_path('tests/engine/static_kinds.py')\n"
-        "from engine.cli import main\n"
-        f"rc = main(['validate', {str(GOOD)!r}, {str(PYTHON)!r}, {str(on_ray)!r}, {str(bad)!r}])\n"
-        "heavy = sorted(m for m in ('torch', 'faiss', 'onnxruntime', 'transformers', 'grpc', 'ray')"
-        " if m in sys.modules)\n"
-        "print('heavy:', heavy)\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    files = [str(GOOD), str(PYTHON), str(on_ray), str(bad)]
+    proc = validate_in_fresh_process(
+        files, "import runpy\nrunpy.run_path('tests/engine/static_kinds.py')\n"
     )
     assert proc.returncode == 1, proc.stderr
     assert "heavy: []" in proc.stdout
@@ -172,18 +159,6 @@ def test_validating_the_shipped_pipelines_loads_no_model_library():
     """Every real kind (encoder, faiss_search, rerank, llm, template, python) validates without
     torch, faiss, onnxruntime, transformers or grpc, so `pipectl validate` starts fast."""
     files = sorted(str(p) for p in (ROOT / "pipelines").glob("*.yaml"))
-    code = (
-        "import sys\n"
-        "from engine.cli import main\n"
-        f"rc = main(['validate', *{files!r}])\n"
-        "heavy = sorted(m for m in ('torch', 'faiss', 'onnxruntime', 'transformers', 'grpc')"
-        " if m in sys.modules)\n"
-        "print('heavy:', heavy)\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
+    proc = validate_in_fresh_process(files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "heavy: []" in proc.stdout

@@ -3,14 +3,13 @@ described by their feature flags (the capability probe is replaced, never our re
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from nodes import compute_dtype
 from nodes.compute_dtype import CpuInfo, bf16_slowdown, cpu_info_from_flags, resolve_dtype
+from tests.validate_imports import validate_in_fresh_process
 
 ROOT = Path(__file__).resolve().parents[2]
 # /proc/cpuinfo flags of the machines in PERF-NOTES.md (abridged to what matters)
@@ -174,16 +173,6 @@ def test_plan_json_gives_each_instance_its_dtype(tmp_path, capsys):
 
 
 def test_validate_reads_the_cpu_without_importing_torch(tmp_path):
-    code = (
-        "import sys\n"
-        "from engine.cli import main\n"
-        f"rc = main(['validate', {str(_pipeline(tmp_path, 'bf16'))!r}])\n"
-        "print('heavy:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
+    proc = validate_in_fresh_process([str(_pipeline(tmp_path, "bf16"))])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "heavy: []" in proc.stdout
