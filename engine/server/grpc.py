@@ -100,6 +100,16 @@ def request_options(
     return RequestOptions.of(**options)
 
 
+def _repository_parameters(request) -> dict:
+    """A load/unload request's parameters as Python values (bool_param a bool, int64_param an
+    int, ...), for model_control to check by type; an unset one is None."""
+    params = {}
+    for key, value in request.parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        params[key] = getattr(value, choice) if choice else None
+    return params
+
+
 def _requested(request: pb.ModelInferRequest) -> list[str] | None:
     return [o.name for o in request.outputs] or None
 
@@ -174,7 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         try:
-            control = model_control(self.repo, "load", dict(request.parameters))
+            control = model_control(self.repo, "load", _repository_parameters(request))
             await control.load(request.model_name)
         except RequestError as exc:
             await self._abort(context, exc)
@@ -182,7 +192,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelUnload(self, request, context):
         try:
-            control = model_control(self.repo, "unload", dict(request.parameters))
+            control = model_control(self.repo, "unload", _repository_parameters(request))
             await control.unload(request.model_name)
         except RequestError as exc:
             await self._abort(context, exc)

@@ -181,7 +181,7 @@ class ModelControl:
         try:
             plan = await asyncio.to_thread(compile_model_file, model_file)
         except PipelineError as exc:
-            reason = self._failed(model_file, f"{model_file.path}: {_describe(exc)}")
+            reason = self._failed(model_file, _describe(exc, model_file.path))
             return None, (version, reason, InvalidInput)
         pv = build_version(plan, str(model_file.path), model_file.stamp)
         try:
@@ -282,8 +282,9 @@ class ModelControl:
 
 def model_control(repo, action: str, parameters: dict) -> ModelControl:
     """The repository's ModelControl for a load/unload request, after refusing what it cannot
-    honour: no repository, a mode other than explicit, and Triton's `config` / `file:` overrides
-    (only `unload_dependents` false is accepted)."""
+    honour: no repository, a mode other than explicit, and Triton's `config` / `file:` overrides.
+    Unload takes Triton's `unload_dependents`, a boolean: a pipeline's nodes (its composing
+    models) unload with it whichever the value; anything else is a 400 naming it."""
     control = repo.control
     if control is None:
         raise InvalidInput(
@@ -291,11 +292,16 @@ def model_control(repo, action: str, parameters: dict) -> ModelControl:
             "--model-repository DIR --model-control-mode explicit"
         )
     control.check_explicit(action)
-    for key in parameters:
-        if key != "unload_dependents":
+    for key, value in parameters.items():
+        if key != "unload_dependents" or action != "unload":
             raise InvalidInput(
                 f"model {action} parameter {key!r} is not supported: edit the file in the "
                 "repository folder, then load it"
+            )
+        if not isinstance(value, bool):  # a pipeline's nodes unload with it either way
+            raise InvalidInput(
+                f"model unload parameter 'unload_dependents' must be a boolean, got "
+                f"{value!r:.40} ({type(value).__name__})"
             )
     return control
 
@@ -304,8 +310,20 @@ def _signature(versions: dict[int, ModelFile]) -> tuple:
     return tuple(sorted((v, f.stamp) for v, f in versions.items()))
 
 
-def _describe(exc: PipelineError) -> str:
-    issues = getattr(exc, "issues", None)
-    if issues:
-        return "; ".join(i.format() for i in issues if i.severity == "error") or str(exc)
-    return str(exc)
+def _describe(exc: PipelineError, path: Path) -> str:
+    """The errors of a pipeline file that failed to compile, its path named once:
+    "DIR/x.yaml: line 3: E-SPEC-YAML ...; line 9: E-GRAPH-... ..." (an issue in another file
+    keeps its own file name)."""
+    issues = [i for i in getattr(exc, "issues", None) or () if i.severity == "error"]
+    if not issues:
+        text = str(exc)
+        return text if str(path) in text else f"{path}: {text}"
+    parts = []
+    for issue in issues:
+        if issue.file and issue.file != str(path):
+            parts.append(issue.format())
+            continue
+        where = f"line {issue.line}: " if issue.line else ""
+        hint = f" ({issue.hint})" if issue.hint else ""
+        parts.append(f"{where}{issue.code} {issue.message}{hint}")
+    return f"{path}: " + "; ".join(parts)

@@ -4,6 +4,7 @@ no failed request, a bad reload that keeps the old version, unload while streami
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -161,7 +162,10 @@ def test_bad_reload_keeps_the_old_version(client, explicit):
     write(explicit.repo / "scale.yaml", scale_file(7).replace("kind: python", "kind: pythn"))
     with pytest.raises(InferenceServerException, match="pythn") as caught:
         client.load_model("scale", headers=AUTH)
-    assert "scale.yaml" in str(caught.value) and "INVALID_ARG" in str(caught.value.status())
+    assert "INVALID_ARG" in str(caught.value.status())
+    # the file named once, with the line of the unknown kind (it was named twice)
+    assert str(caught.value).count("scale.yaml") == 1, str(caught.value)
+    assert re.search(r"models/scale\.yaml: line 1[0-9]: E-", str(caught.value)), str(caught.value)
     assert infer(client)[0] == 6.0  # the previous load serves on
     entry = index(client)[("scale", "1")]
     assert entry["state"] == "READY" and "reload failed" in entry["reason"]
@@ -198,6 +202,45 @@ def test_http_load_unload_and_refusals(explicit):
             http.load_model("multi", headers=AUTH, config='{"max_batch_size": 4}')
     finally:
         http.close()
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", "null", "[true]"])
+def test_unload_dependents_must_be_a_boolean_over_http(explicit, client, value):
+    import requests
+
+    url = f"http://{explicit.http_url}/v2/repository/models/scale/unload"
+    body = '{"parameters": {"unload_dependents": ' + value + "}}"
+    r = requests.post(url, data=body, headers=AUTH, timeout=60)
+    assert r.status_code == 400 and "'unload_dependents' must be a boolean" in r.text, r.text
+    assert infer(client)[0] == 2.0  # not unloaded
+
+
+def test_unload_dependents_must_be_a_boolean_over_grpc(explicit, client):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.RepositoryModelUnloadRequest(model_name="scale")
+    request.parameters["unload_dependents"].int64_param = 1  # tritonclient sends a bool_param
+    with grpc.insecure_channel(explicit.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RepositoryModelUnload(request, metadata=tuple(AUTH.items()))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'unload_dependents' must be a boolean, got 1 (int)" in caught.value.details()
+    assert infer(client)[0] == 2.0
+    with pytest.raises(InferenceServerException, match="load parameter 'unload_dependents'"):
+        request = service_pb2.RepositoryModelLoadRequest(model_name="scale")
+        request.parameters["unload_dependents"].bool_param = True
+        with grpc.insecure_channel(explicit.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            try:
+                stub.RepositoryModelLoad(request, metadata=tuple(AUTH.items()))
+            except grpc.RpcError as exc:
+                raise InferenceServerException(exc.details()) from None
+    client.unload_model("scale", headers=AUTH, unload_dependents=True)  # a boolean: honoured
+    assert not served(client, "scale")
+    client.load_model("scale", headers=AUTH)
+    assert infer(client)[0] == 2.0
 
 
 def test_unload_while_streaming_finishes_the_stream(client, explicit):
