@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from engine.plan import Plan
-from engine.server.repository import READY, Repository, ServedModel
+from engine.server.repository import READY, UNAVAILABLE, Repository, ServedModel
 
 SERVER_NAME = "pipectl"
 EXTENSIONS = (
@@ -243,7 +243,9 @@ def statistics(repo: Repository, name: str = "", version: str = "") -> dict:
 
 def repository_index(repo: Repository, ready_only: bool = False) -> list[dict]:
     """Triton's RepositoryIndex: every version of every model, loaded or not (a failed load is
-    UNAVAILABLE with its reason; an unloaded one UNAVAILABLE "unloaded")."""
+    UNAVAILABLE with its reason; an unloaded one UNAVAILABLE "unloaded"). A version whose reload
+    failed while its previous load serves on is UNAVAILABLE with the reason, as the latest load
+    of it failed; `ready_only` (Triton's `ready` filter: what takes requests) lists it READY."""
     out = []
     seen = set()
     for versions in repo.versions.values():
@@ -252,7 +254,10 @@ def repository_index(repo: Repository, ready_only: bool = False) -> list[dict]:
                 seen.add((model.name, pv.version))
                 if ready_only and model.state != READY:
                     continue
-                entry = {"name": model.name, "version": pv.version, "state": model.state}
+                state = model.state
+                if state == READY and pv.reload_failure and not ready_only:
+                    state = UNAVAILABLE
+                entry = {"name": model.name, "version": pv.version, "state": state}
                 if model.reason:
                     entry["reason"] = model.reason
                 out.append(entry)

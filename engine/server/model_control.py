@@ -199,7 +199,8 @@ class ModelControl:
         key = (model_file.name, str(model_file.version))
         serving = self.repo.versions.get(model_file.name, {}).get(key[1])
         if serving is not None:  # a reload of a served version: the old load keeps serving
-            serving.set_state(serving.state, f"reload failed, the previous load serves: {reason}")
+            serving.reload_failure = f"reload failed, the previous load serves: {reason}"
+            serving.set_state(serving.state, serving.reload_failure)
         self.repo.unavailable[key] = reason
         self.say(f"model {key[0]!r} version {key[1]} failed to load: {reason}")
         return reason

@@ -44,6 +44,9 @@ class PipelineVersion:
     executor: Executor | None = None
     state: str = LOADING
     reason: str = ""
+    # why the latest reload of this same version failed while this load serves on ("" when
+    # none): RepositoryIndex shows the version UNAVAILABLE with it, ModelReady stays true
+    reload_failure: str = ""
     inflight: int = 0
     _idle: asyncio.Event | None = field(default=None, repr=False)
 

@@ -105,6 +105,16 @@ def index(client) -> dict[tuple[str, str], dict]:
     return {(m["name"], m.get("version", "")): m for m in models}
 
 
+def ready_index(server) -> dict[tuple[str, str], dict]:
+    """POST /v2/repository/index {"ready": true}: the models that take requests."""
+    import requests
+
+    url = f"http://{server.http_url}/v2/repository/index"
+    r = requests.post(url, json={"ready": True}, headers=AUTH, timeout=60)
+    r.raise_for_status()
+    return {(m["name"], m.get("version", "")): m for m in r.json()}
+
+
 def test_index_lists_loaded_and_the_load_model_names(client):
     entries = index(client)
     assert entries[("scale", "1")]["state"] == "READY"
@@ -167,12 +177,18 @@ def test_bad_reload_keeps_the_old_version(client, explicit):
     assert str(caught.value).count("scale.yaml") == 1, str(caught.value)
     assert re.search(r"models/scale\.yaml: line 1[0-9]: E-", str(caught.value)), str(caught.value)
     assert infer(client)[0] == 6.0  # the previous load serves on
-    entry = index(client)[("scale", "1")]
-    assert entry["state"] == "READY" and "reload failed" in entry["reason"]
-    assert "pythn" in entry["reason"]
+    for name in ("scale", "scale.scale"):  # the index: the latest load of version 1 failed
+        entry = index(client)[(name, "1")]
+        assert entry["state"] == "UNAVAILABLE", entry
+        assert "reload failed, the previous load serves" in entry["reason"]
+        assert "pythn" in entry["reason"]
+        assert client.is_model_ready(name, "1", headers=AUTH)  # ModelReady: it still serves
+    ready = ready_index(explicit)  # Triton's ready filter: what takes requests
+    assert ready[("scale", "1")]["state"] == "READY" and "pythn" in ready[("scale", "1")]["reason"]
     write(explicit.repo / "scale.yaml", scale_file(2))  # fixed: the next load clears the reason
     client.load_model("scale", headers=AUTH)
     assert "reason" not in index(client)[("scale", "1")] and infer(client)[0] == 2.0
+    assert index(client)[("scale", "1")]["state"] == "READY"
 
 
 def test_versions_policy_selection_and_metadata(client):
@@ -295,13 +311,18 @@ def test_none_mode_refuses_load_requests(tmp_path):
         stop_server(srv)
 
 
-def test_poll_mode_picks_up_edits_under_load_and_removals(tmp_path):
-    repo = repository(tmp_path)
-    srv = start_server(
+def poll_server(repo: Path, tmp_path: Path):
+    """A server of `repo` in poll mode, polling every 0.2 s."""
+    return start_server(
         [], "--model-repository", str(repo), "--model-control-mode", "poll",
         "--repository-poll-secs", "0.2", "--api-key", API_KEY,
         log=tmp_path / "serve.log", module="tests.server.stream_kind",
     )  # fmt: skip
+
+
+def test_poll_mode_picks_up_edits_under_load_and_removals(tmp_path):
+    repo = repository(tmp_path)
+    srv = poll_server(repo, tmp_path)
     failures, seen, stop = [], set(), threading.Event()
 
     def hammer():
@@ -335,4 +356,42 @@ def test_poll_mode_picks_up_edits_under_load_and_removals(tmp_path):
         c.close()
     finally:
         stop.set()
+        stop_server(srv)
+
+
+def test_poll_mode_picks_up_version_folders(tmp_path):
+    """Triton's layout under poll: a new DIR/NAME/N folder is served, a removed one unloaded."""
+    repo = repository(tmp_path)
+    srv = poll_server(repo, tmp_path)
+    c = grpcclient.InferenceServerClient(srv.grpc_url)
+
+    def versions() -> list[str]:
+        return c.get_model_metadata("multi", headers=AUTH, as_json=True)["versions"]
+
+    def wait_for(wanted: list[str]) -> list[str]:
+        deadline = time.monotonic() + WAIT_S
+        while versions() != wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return versions()
+
+    try:
+        assert versions() == ["1", "2"]  # version_policy all, in multi/2
+        v3 = scale_file(30, "version_policy: {policy: all}").replace(
+            '"fns.py:scale"', '"../../fns.py:scale"'
+        )
+        write(repo / "multi" / "3" / "pipeline.yaml", v3)  # a new version folder
+        assert wait_for(["1", "2", "3"]) == ["1", "2", "3"]
+        assert infer(c, "multi", "3")[0] == 30.0 and infer(c, "multi")[0] == 30.0
+        shutil.rmtree(repo / "multi" / "1")  # a removed version folder
+        assert wait_for(["2", "3"]) == ["2", "3"]
+        with pytest.raises(InferenceServerException, match=r"version '1' is not served"):
+            infer(c, "multi", "1")
+        assert infer(c, "multi", "2")[0] == 20.0
+        shutil.rmtree(repo / "multi")  # the whole model folder: unloaded
+        deadline = time.monotonic() + WAIT_S
+        while served(c, "multi") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not served(c, "multi")
+    finally:
+        c.close()
         stop_server(srv)
