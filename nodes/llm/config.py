@@ -73,6 +73,26 @@ class ModelConfig:
         )
 
 
+DEFAULT_MAX_MODEL_LEN = 2048  # when max_model_len is not set, and the model allows as much
+
+
+def derive_max_model_len(requested: int | None, model: ModelConfig) -> int:
+    """The engine's max_model_len: `requested`, which must not exceed the model's
+    max_position_embeddings (vLLM refuses that too: positions past it were never trained, and
+    RoPE tables stop there), or min(DEFAULT_MAX_MODEL_LEN, max_position_embeddings) when None.
+    Raises ValueError naming both numbers."""
+    limit = model.max_position_embeddings
+    if requested is None:
+        return min(DEFAULT_MAX_MODEL_LEN, limit)
+    if requested > limit:
+        raise ValueError(
+            f"max_model_len {requested} is more than the model's max_position_embeddings "
+            f"{limit}; set max_model_len to at most {limit}, or leave it unset for "
+            f"{min(DEFAULT_MAX_MODEL_LEN, limit)}"
+        )
+    return requested
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Limits of one engine: dtype, KV budget and the per-step token budget."""
@@ -83,7 +103,8 @@ class EngineConfig:
     kv_cache_bytes: int = 512 << 20
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
-    max_model_len: int = 2048
+    # prompt plus output tokens; None: the model's max_position_embeddings, at most 2048
+    max_model_len: int | None = None
     enable_prefix_caching: bool = True
     num_threads: int = 1  # torch intra-op threads; 0 leaves torch's setting (see bench/llm.py)
     speculative: SpeculativeConfig | None = None  # n-gram speculation (nodes/llm/speculative.py)
@@ -101,7 +122,7 @@ class EngineConfig:
         lows = {"kv_cache_bytes": 1, "max_num_seqs": 1, "max_num_batched_tokens": 1,
                 "max_model_len": 2, "num_threads": 0}  # fmt: skip
         for name, low in lows.items():
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "

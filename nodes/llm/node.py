@@ -59,7 +59,9 @@ class LLMParams(NodeParams):
     | kv_cache_bytes         | 512 MiB            | KV cache budget                                |
     | max_num_seqs           | 64                 | sequences running at once                      |
     | max_num_batched_tokens | 2048               | tokens computed per step (chunked prefill)     |
-    | max_model_len          | 2048               | prompt plus output tokens                      |
+    | max_model_len          | model's, <= 2048   | prompt plus output tokens; at most the model's |
+    |                        |                    | max_position_embeddings (else a load error);   |
+    |                        |                    | unset: that, capped at 2048                    |
     | enable_prefix_caching  | true               | reuse KV blocks of shared prompt prefixes      |
     | threads                | 1                  | torch intra-op threads (0: torch's default)    |
     | speculative            | none               | {method: ngram, num_speculative_tokens: k,     |
@@ -78,7 +80,7 @@ class LLMParams(NodeParams):
     kv_cache_bytes: int = Field(512 << 20, ge=1 << 16)
     max_num_seqs: int = Field(64, ge=1)
     max_num_batched_tokens: int = Field(2048, ge=1)
-    max_model_len: int = Field(2048, ge=2)
+    max_model_len: int | None = Field(None, ge=2)
     enable_prefix_caching: bool = True
     threads: int = Field(1, ge=0)
     max_tokens: int = Field(256, ge=1)
@@ -99,7 +101,7 @@ class LLMParams(NodeParams):
     def _check(self) -> LLMParams:
         self.engine_config("cpu")  # raises ValueError with the reason
         self.sampling()
-        if self.max_tokens > self.max_model_len:
+        if self.max_model_len is not None and self.max_tokens > self.max_model_len:
             raise ValueError(f"max_tokens {self.max_tokens} > max_model_len {self.max_model_len}")
         return self
 
@@ -134,6 +136,25 @@ def _bytes(value: str) -> np.ndarray:
     out = np.empty(1, dtype=object)
     out[0] = value.encode()
     return out
+
+
+def _overrides(item: Item) -> dict:
+    """The sampling params a request sets through its optional inputs (stop: a tuple)."""
+    overrides: dict = {}
+    for name, (dtype, _) in _OVERRIDES.items():
+        if name in item:
+            values = np.asarray(item[name]).reshape(-1)
+            if name == "stop":
+                overrides[name] = tuple(input_text(np.asarray([v]), "stop") for v in values)
+            elif values.size != 1:
+                raise InvalidRequest(
+                    f"llm: input {name!r} takes one value, got {values.size}", field=name
+                )
+            else:
+                overrides[name] = _CAST[dtype](values[0])
+    if overrides.get("top_logprobs"):
+        overrides["logprobs"] = True
+    return overrides
 
 
 class LLMNode(Node):
@@ -226,21 +247,26 @@ class LLMNode(Node):
                 f"{self.engine.max_model_len} (prompt and output tokens together)",
                 field=field,
             )
-        overrides = {}
-        for name, (dtype, _) in _OVERRIDES.items():
-            if name in item:
-                values = np.asarray(item[name]).reshape(-1)
-                if name == "stop":
-                    overrides[name] = tuple(input_text(np.asarray([v]), "stop") for v in values)
-                elif values.size != 1:
-                    raise InvalidRequest(
-                        f"llm: input {name!r} takes one value, got {values.size}", field=name
-                    )
-                else:
-                    overrides[name] = _CAST[dtype](values[0])
-        if overrides.get("top_logprobs"):
-            overrides["logprobs"] = True
+        overrides = _overrides(item)
+        self._fit_max_tokens(len(prompt), field, overrides)
         return prompt, self.params.sampling(**overrides)
+
+    def _fit_max_tokens(self, prompt_tokens: int, field: str, overrides: dict) -> None:
+        """A request's own max_tokens must leave the prompt room within max_model_len (else
+        InvalidRequest naming max_tokens, vLLM's message); without one, the params' max_tokens
+        is capped at the room left (vLLM's default: max_model_len minus the prompt)."""
+        limit = self.engine.max_model_len
+        wanted = overrides.get("max_tokens")
+        if wanted is None:
+            overrides["max_tokens"] = min(self.params.max_tokens, limit - prompt_tokens)
+        elif prompt_tokens + wanted > limit:
+            raise InvalidRequest(
+                f"llm: this model's maximum context length (max_model_len) is {limit} tokens; "
+                f"however, you requested {prompt_tokens + wanted} tokens ({prompt_tokens} in "
+                f"the {field}, {wanted} in the completion); lower max_tokens to at most "
+                f"{limit - prompt_tokens}, or shorten the {field}",
+                field="max_tokens",
+            )
 
     def _outputs(self, done, logprob_lines: str) -> Item:
         """The final outputs of a request, from a finished Delta or a Completion."""
@@ -265,7 +291,7 @@ class LLMNode(Node):
         return "".join(lines)
 
     def _token_entry(self, token: int, logprob: float) -> dict:
-        text = self.engine.tokenizer.tokeninput_text(token)
+        text = self.engine.tokenizer.token_text(token)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
     def run_batch(self, items: list[Item]) -> list[Item]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from nodes.llm.attention import AttentionMetadata, new_kv_cache, triton_available
-from nodes.llm.config import EngineConfig, ModelConfig
+from nodes.llm.config import EngineConfig, ModelConfig, derive_max_model_len
 from nodes.llm.model import DTYPES, LlamaModel
 from nodes.llm.sequence import Sequence
 
@@ -18,7 +18,7 @@ class ModelRunner:
         self.config = config
         self.block_size = config.block_size
         self.device = torch.device(config.device)
-        max_len = min(config.max_model_len, model_config.max_position_embeddings)
+        max_len = derive_max_model_len(config.max_model_len, model_config)
         self.max_model_len = max_len
         self.model = LlamaModel(
             model_config, weights, config.dtype, config.device, max_len, config.quantization

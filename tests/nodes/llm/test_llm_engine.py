@@ -147,3 +147,21 @@ def test_rejects_prompts_that_cannot_fit(tiny_model_dir):
         engine.generate([list(range(3, 40))], GREEDY)
     with pytest.raises(ValueError, match="empty prompt"):
         engine.generate([[]], GREEDY)
+
+
+def test_max_model_len_is_the_models_unless_set_and_never_above_it(tmp_path, save_llama,
+                                                                    smollm2_tokenizer):  # fmt: skip
+    save_llama(tmp_path, smollm2_tokenizer, max_position_embeddings=48)
+    unset = _engine(tmp_path, max_model_len=None)  # min(2048, 48): tiny models stay servable
+    try:
+        assert unset.max_model_len == 48
+        done = unset.generate([list(range(3, 43))], GREEDY)[0]  # 40 + 12 > 48: stops at 48
+        assert done.finish_reason == "length" and done.completion_tokens == 8
+    finally:
+        unset.shutdown()
+    assert _engine(tmp_path, max_model_len=32).max_model_len == 32
+    with pytest.raises(ValueError) as caught:
+        _engine(tmp_path, max_model_len=64)  # vLLM refuses it too; it was lowered to 48
+    assert "max_model_len 64 is more than the model's max_position_embeddings 48" in str(
+        caught.value
+    )
