@@ -3,7 +3,8 @@
 A batch that raises is split in halves and retried so that only the failing item fails; a Ray
 actor isolates failures itself and returns `ItemFailure`s. An instance that is down (Unavailable:
 its actor died) fails the whole batch. KeyboardInterrupt is the one thing not contained: the
-instance's dispatch thread is lost and restarted (engine/batcher.py, `Batcher._lost`).
+instance's dispatch thread is lost and restarted (engine/batcher.py, `Batcher._lost`), and so is
+nodes.errors.InstanceLost, a node saying its instance can serve no more (engine/instance_health.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from engine.backends.ray_actor import ItemFailure
 from engine.errors import RequestError, Unavailable, node_failure
 from engine.instance import Instance
+from engine.instance_health import loses_instance
 from engine.runner import Done, WorkItem
 
 
@@ -37,8 +39,8 @@ def compute_batch(
         queued = dispatched_ns - items[0].enqueued_ns
         return [failed(it, Unavailable(str(exc), node=node), queued) for it in items]
     except BaseException as exc:  # SystemExit too: a node failure fails only its item
-        if isinstance(exc, KeyboardInterrupt):
-            raise  # the one thing not contained: the instance's thread is lost (restarted)
+        if loses_instance(exc):
+            raise  # not contained: the instance's thread is lost (restarted)
         if len(items) > 1:  # bisect so that only the failing item fails
             half = len(items) // 2
             return compute_batch(node, instance, items[:half], dispatched_ns, index) + (

@@ -27,7 +27,6 @@ class BatcherStatistics:
             "expired": 0,
             "rejected": 0,
             "invalid": 0,
-            "restarts": 0,
             "batches": 0,
             "queue_ns": 0,
             "compute_ns": 0,

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from engine.batch_compute import compute_batch, failed
 from engine.batch_statistics import BatcherStatistics
-from engine.errors import DeadlineExceeded, NodeError, QueueFull, Unavailable
-from engine.instance import Instance, instances_for, placement_statistics
+from engine.errors import DeadlineExceeded, QueueFull, Unavailable
+from engine.instance import Instance, instances_for
+from engine.instance_health import InstanceHealth
 from engine.plan import BatchPolicy, NodePlan
 from engine.queue_timer import QueueTimer
 from engine.runner import Done, OnDone, OnLoaded, Ticket, WorkItem
@@ -65,8 +66,9 @@ class Batcher:
         self._timer = QueueTimer(self.name, lock, self._expire_due)
         self._timeout_ns = int(self.policy.timeout_ms * 1e6)
         self._stopping = False
-        self._threads: list[threading.Thread] = []
-        self._up = [False] * len(self._instances)  # instance workers serving now
+        self._health = InstanceHealth(self.name, self._instances)  # up, restarts, threads
+        self._threads = self._health.threads
+        self._up = self._health.up  # instance workers serving now
         self._in_hand: dict[int, list[WorkItem]] = {}  # the batch each instance computes
         self._loaded_once = False
         self._loaded = threading.Semaphore(0)
@@ -78,14 +80,7 @@ class Batcher:
     def start(self, on_loaded: OnLoaded | None = None) -> None:
         """Start one dispatch thread per instance worker; each first loads its instance."""
         for index, instance in enumerate(self._instances):
-            thread = threading.Thread(
-                target=self._worker,
-                args=(instance, on_loaded, index),
-                name=f"pipectl-{self.name}-{index}",
-                daemon=True,
-            )
-            self._threads.append(thread)
-            thread.start()
+            self._health.thread(self._worker, instance, on_loaded, index, index=index)
 
     def wait_loaded(self) -> None:
         """Block until every worker has loaded its node; raise Unavailable if one failed."""
@@ -252,20 +247,11 @@ class Batcher:
         """Load the instance, then serve batches until stopped. Anything that escapes (only
         KeyboardInterrupt does: compute_batch contains the rest) loses the thread: its batch fails
         naming the node, and a new thread reloads the instance (see `_lost`)."""
-        try:
-            instance.load()
-        except BaseException as exc:  # noqa: BLE001 - reported by wait_loaded() / the log
-            if restart:
-                log.error("node %r instance %d failed to reload: %r", self.name, index, exc)
+        if restart:
+            if not self._health.reload(index):
                 return
-            self._load_errors.append(exc)
-            self._loaded.release()
+        elif not self._first_load(instance, on_loaded, index):
             return
-        self._up[index] = True
-        if not restart:
-            if on_loaded is not None:
-                on_loaded()
-            self._loaded.release()
         lost: BaseException | None = None
         try:
             while self._instance_up(instance) and (batch := self._wait_for_batch()) is not None:
@@ -287,17 +273,27 @@ class Batcher:
         if lost is not None and not self._stopping:
             self._lost(instance, index, lost)
 
+    def _first_load(self, instance: Instance, on_loaded: OnLoaded | None, index: int) -> bool:
+        try:
+            instance.load()
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_loaded()
+            self._load_errors.append(exc)
+            self._loaded.release()
+            return False
+        self._up[index] = True
+        if on_loaded is not None:
+            on_loaded()
+        self._loaded.release()
+        return True
+
     def _lost(self, instance: Instance, index: int, exc: BaseException) -> None:
         """An instance's thread died: fail the batch it held (and, with no instance left, the
-        queue), then start a new thread that reloads the instance."""
-        why = f"{type(exc).__name__}: {exc}"
-        log.error("node %r instance %d lost (%s); restarting it", self.name, index, why)
+        queue), then start a new thread that reloads the instance (engine/instance_health.py)."""
+        why = self._health.lost(index, exc)
         done = [
-            failed(item, NodeError(
-                f"node {self.name!r} instance {index} was lost while computing request "
-                f"{item.request_id!r} ({why}); it is being restarted", node=self.name))
+            failed(item, self._health.lost_error(index, item.request_id, why))
             for item in self._in_hand.pop(index, [])
-        ]  # fmt: skip
+        ]
         if not any(self._up):
             with self._cond:
                 queued = [item for queue in self._queues for item in queue]
@@ -306,23 +302,16 @@ class Batcher:
                 self._size = 0
             error = f"node {self.name!r} has no live instance (restarting)"
             done += [failed(it, Unavailable(error, node=self.name)) for it in queued]
-        self._stats.count(restarts=1, failure=len(done))
+        self._stats.count(failure=len(done))
         if done:
             self._on_done(done)
-        thread = threading.Thread(
-            target=self._worker,
-            args=(instance, None, index, True),
-            name=f"pipectl-{self.name}-{index}",
-            daemon=True,
-        )
-        self._threads.append(thread)
-        thread.start()
+        self._health.thread(self._worker, instance, None, index, True, index=index)
 
     @property
     def healthy(self) -> bool:
         """Every instance is serving (False while one is lost and reloading, or its Ray actor
         is being restarted by Ray)."""
-        return all(self._up) and all(getattr(i, "ready", True) for i in self._instances)
+        return self._health.healthy
 
     def _instance_up(self, instance: Instance) -> bool:
         """Wait while the instance restarts (a Ray actor that died), so that batches go to the
@@ -358,10 +347,5 @@ class Batcher:
         """Counts, queue and compute nanosecond totals, and the batch size histogram."""
         stats = self._stats.snapshot()
         stats["queued"] = self._size
-        stats["instances"] = len(self._instances)
-        placement = placement_statistics(self._instances)
-        up = [u and s["ready"] for u, s in zip(self._up, placement["placement"], strict=True)]
-        stats["instances_up"] = sum(up)
-        stats["restarts"] += placement["restarts"]  # Ray actors restarted by Ray
-        stats["placement"] = placement["placement"]
+        stats.update(self._health.statistics())  # instances, up, restarts, placement
         return stats

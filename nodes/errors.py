@@ -10,7 +10,9 @@ be raised from here. A node that finds a bad value in a request (an LLM `max_tok
 `messages` input that is not chat JSON, a prompt longer than `max_model_len`) raises
 `InvalidRequest` naming the field; the engine maps it to `engine.errors.InvalidInput`
 (HTTP 400 / gRPC INVALID_ARGUMENT), names the node, and does not count it as a node failure.
-Anything else a node raises is the node's fault (HTTP 500 / gRPC INTERNAL).
+Anything else a node raises is the node's fault (HTTP 500 / gRPC INTERNAL). A node whose
+worker died (the LLM engine's step thread) raises `InstanceLost`: the engine then fails what that
+instance held, naming the node, and restarts the instance (engine/instance_health.py).
 """
 
 from __future__ import annotations
@@ -30,3 +32,9 @@ class InvalidRequest(ValueError):
     def __init__(self, message: str, *, field: str = ""):
         self.field = field
         super().__init__(message)
+
+
+class InstanceLost(RuntimeError):
+    """This instance of the node can serve no more: a worker it depends on died (e.g. the LLM
+    engine's step thread). Not contained as one item's failure: the runner fails every request
+    the instance holds and reloads it, as when its own thread is lost."""

@@ -73,7 +73,8 @@ def _model_arguments(parser) -> None:
         help="compute dtype (default: auto, the device's native one: see `pipectl plan`)",
     )
     model.add_argument(
-        "--max-model-len", type=int,
+        "--max-model-len",
+        type=int,
         help="prompt plus output tokens (default: the model's max_position_embeddings, at most "
         "2048; more than the model's is refused)",
     )

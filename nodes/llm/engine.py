@@ -15,15 +15,15 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from nodes.compute_dtype import resolve_dtype
-from nodes.errors import InvalidRequest
+from nodes.errors import InstanceLost, InvalidRequest
 from nodes.llm.config import EngineConfig
 from nodes.llm.kv_cache import BlockManager
+from nodes.llm.outputs import Completion, Delta, completion, merge
 from nodes.llm.runner import ModelRunner
 from nodes.llm.sampling import SamplingParams, sample
 from nodes.llm.scheduler import Scheduler
@@ -31,40 +31,6 @@ from nodes.llm.sequence import Sequence
 from nodes.llm.speculative import accept, verification_rows
 from nodes.llm.tokenizer import Tokenizer
 from nodes.llm.weights import load_weights
-
-
-@dataclass(slots=True)
-class Delta:
-    """What one step added to one request; the last one has `finished` and the counts."""
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finished: bool = False
-    finish_reason: str | None = None  # stop | length | abort | error
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    logprobs: list[float] = field(default_factory=list)
-    error: str | None = None
-    scores: list[float] | None = None  # logprobs of the request's score_token_ids at this step
-    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per token
-
-
-@dataclass(slots=True)
-class Completion:
-    """A whole generated answer."""
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-    logprobs: list[float] | None = None
-    top_logprobs: list[list[tuple[int, float]]] | None = None
-
 
 Prompt = str | list[int]
 _ids = itertools.count()
@@ -98,6 +64,7 @@ class LLMEngine:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.lost: BaseException | None = None  # what killed the step loop thread, if it died
         self.num_generated = 0
         self.num_draft_tokens = 0  # speculative proposals checked, and accepted
         self.num_accepted_tokens = 0
@@ -139,6 +106,8 @@ class LLMEngine:
         seq = self._make_seq(prompt, params or SamplingParams(), request_id)
         self._inbox.put(("add", seq, sink))
         self._wake.set()
+        if self.lost is not None:  # the loop died meanwhile: nobody else will answer it
+            self._fail_lost()
         return seq.request_id
 
     def abort(self, request_id: str) -> None:
@@ -211,7 +180,7 @@ class LLMEngine:
             if delta.finished:
                 break
         self.num_generated += len(parts)
-        return _merge(parts)
+        return merge(parts)
 
     def _append(self, seq: Sequence, token: int, logprob: float | None) -> Delta:
         p = seq.params
@@ -253,6 +222,35 @@ class LLMEngine:
         )  # fmt: skip
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the thread dies (only KeyboardInterrupt gets here)
+            self.lost = exc
+            self._fail_lost()
+            raise
+
+    def _fail_lost(self) -> None:
+        """The loop thread is dead: end every request it held or had queued with an error
+        delta (their streams raise InstanceLost), so that none waits forever."""
+        why = f"the LLM engine's step loop died ({type(self.lost).__name__}: {self.lost})"
+        pending = list(self._seqs.values())
+        self._seqs.clear()
+        while True:
+            try:
+                op, item, sink = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if op == "add":
+                pending.append(item)
+                if sink is not None:
+                    self._sinks[item.request_id] = sink
+        for seq in pending:
+            delta = self._delta(seq, "", [], "error")
+            delta.error = why
+            if (sink := self._sinks.pop(seq.request_id, None)) is not None:
+                sink(delta)
+
+    def _serve(self) -> None:
         if self.config.num_threads:  # OpenMP thread counts are per thread: set it here too
             torch.set_num_threads(self.config.num_threads)
         while not self._stopping:
@@ -282,8 +280,14 @@ class LLMEngine:
         self._seqs.clear()
         return deltas
 
+    def _raise_if_lost(self, error: str | None = None) -> None:
+        if self.lost is not None:
+            raise InstanceLost(error or f"the LLM engine's step loop died ({self.lost!r})")
+
     def start(self) -> None:
-        """Start the step loop thread (done by `generate` and `stream` when needed)."""
+        """Start the step loop thread (done by `generate` and `stream` when needed). Raises
+        InstanceLost once that thread has died: the engine must be loaded anew."""
+        self._raise_if_lost()
         if self._thread is None:
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
@@ -305,7 +309,7 @@ class LLMEngine:
         if len(plist) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
         seqs = [self._make_seq(p, sp, None) for p, sp in zip(prompts, plist)]
-        return [_completion(parts) for parts in self._run_all(seqs)]
+        return [completion(parts) for parts in self._run_all(seqs)]
 
     def _run_all(self, seqs: list[Sequence]) -> list[list[Delta]]:
         """Submit the sequences, wait until all have finished; the deltas of each, in order."""
@@ -325,6 +329,7 @@ class LLMEngine:
             done.acquire()
         for deltas in parts:
             if deltas[-1].finish_reason == "error":
+                self._raise_if_lost(f"generation failed: {deltas[-1].error}")
                 raise RuntimeError(f"generation failed: {deltas[-1].error}")
         return parts
 
@@ -349,6 +354,7 @@ class LLMEngine:
                 delta = await deltas.get()
                 finished = delta.finished
                 if delta.finish_reason == "error":
+                    self._raise_if_lost(f"generation failed: {delta.error}")
                     raise RuntimeError(f"generation failed: {delta.error}")
                 yield delta
         finally:
@@ -379,27 +385,3 @@ class LLMEngine:
             "spec_accepted_tokens": self.num_accepted_tokens,
             "spec_acceptance_rate": self.num_accepted_tokens / max(1, self.num_draft_tokens),
         }
-
-
-def _merge(parts: list[Delta]) -> Delta:
-    """One Delta for several tokens of one step (speculative decoding), the last one's state."""
-    if len(parts) == 1:
-        return parts[0]
-    last = parts[-1]
-    last.text = "".join(d.text for d in parts)
-    last.token_ids = [t for d in parts for t in d.token_ids]
-    last.logprobs = [x for d in parts for x in d.logprobs]
-    last.top_logprobs = [x for d in parts for x in d.top_logprobs]
-    return last
-
-
-def _completion(parts: list[Delta]) -> Completion:
-    last = parts[-1]
-    text = "".join(d.text for d in parts)
-    logprobs = [x for d in parts for x in d.logprobs]
-    tops = [x for d in parts for x in d.top_logprobs]
-    return Completion(
-        last.request_id, text, [t for d in parts for t in d.token_ids], last.finish_reason,
-        last.prompt_tokens, last.completion_tokens, last.cached_tokens, logprobs or None,
-        tops or None,
-    )  # fmt: skip

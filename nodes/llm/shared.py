@@ -6,7 +6,8 @@ Sharing one engine means one set of weights, one KV cache and one step loop: the
 all its users are batched together continuously. The key is the resolved model path, the model
 file's size and modification time (a changed file loads anew) and the whole EngineConfig (dtype,
 device, KV budget, limits), so nodes that ask for different limits get their own engine.
-Reference-counted: the last `release` shuts the engine down and frees its memory.
+Reference-counted: the last `release` shuts the engine down and frees its memory. An engine whose
+step loop died (`LLMEngine.lost`) is never handed out again: the next `acquire` loads a new one.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def acquire(path: Path, config: EngineConfig):
     key = _key(path, config)
     with _lock:
         entry = _pool.get(key)
+        if entry is not None and getattr(entry.engine, "lost", None) is not None:
+            entry = None  # its step loop died: its users reload onto a new engine
         first = entry is None
         if first:
             entry = _pool[key] = _Entry()

@@ -3,13 +3,18 @@ that serves with it registered: `python -m tests.server.stream_kind serve FILE..
 
 It answers "echo:" followed by the prompt's words, one word per streamed delta (like an LLM's
 tokens), up to `max_tokens`; its last delta carries the usage counts and the finish reason.
-A prompt containing FAIL raises after the first word (an in-band stream error).
+A prompt containing FAIL raises after the first word (an in-band stream error); one containing DIE
+raises KeyboardInterrupt there, which loses the instance (restarted: engine/instance_health.py).
+With `reload_gate`, every load after the first waits (up to 120 s) until that file exists, so that
+a test sees the instance down while it restarts, and then lets it come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +24,7 @@ from nodes.registry import register
 
 class WordsParams(NodeParams):
     delay_s: float = 0.01
+    reload_gate: str = ""
 
 
 @register
@@ -28,6 +34,17 @@ class WordStream(Node):
     streaming = True
     deterministic = True  # the same prompt gives the same words
     stream_outputs = ("text",)
+    loads = 0  # loads in this process, over every instance
+
+    def load(self, device: str) -> None:
+        super().load(device)
+        WordStream.loads += 1
+        if WordStream.loads > 1 and self.params.reload_gate:
+            gate = Path(self.params.reload_gate)
+            for _ in range(12_000):
+                if gate.exists():
+                    break
+                time.sleep(0.01)
 
     @classmethod
     def ports(cls, params):
@@ -53,6 +70,8 @@ class WordStream(Node):
             await asyncio.sleep(self.params.delay_s)
             if i == 1 and b"FAIL" in prompt:
                 raise RuntimeError("asked to fail")
+            if i == 1 and b"DIE" in prompt:
+                raise KeyboardInterrupt("asked to die")
             yield {"text": np.array([word if i == 0 else b" " + word], dtype=object)}
             sent += 1
         yield {

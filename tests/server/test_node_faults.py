@@ -4,6 +4,7 @@ and real KServe clients."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,16 @@ def _ready(srv) -> int:
     return requests.get(f"http://{srv.http_url}/v2/health/ready", timeout=30).status_code
 
 
+def _restarted(srv, node: str, restarts_before: float) -> None:
+    """Wait (bounded) until the server is ready again: `node` up, one restart more."""
+    deadline = time.monotonic() + 120
+    while _ready(srv) != 200:
+        assert time.monotonic() < deadline, f"node {node!r} was never restarted"
+        time.sleep(0.1)
+    assert _metric(srv, "pipectl_node_instances_up", node) == 1
+    assert _metric(srv, "pipectl_node_instance_restarts_total", node) == restarts_before + 1
+
+
 def test_sys_exit_fails_only_its_item_and_the_node_serves_on(fragile):
     with ThreadPoolExecutor(3) as pool:  # within one 50 ms batching window: batch neighbours
         answers = list(pool.map(lambda x: _infer(fragile, "fragile", x), [1.0, -1.0, 2.0]))
@@ -66,12 +77,7 @@ def test_a_lost_instance_is_restarted_and_shown_while_down(fragile):
     assert _metric(fragile, "pipectl_node_instances_up", "boom") == 0
     refused = _infer(fragile, "fragile", 1.0)
     assert refused.status_code == 503 and "no live instance" in refused.json()["error"]
-    deadline = time.monotonic() + 120
-    while _ready(fragile) != 200:
-        assert time.monotonic() < deadline, "the instance was never restarted"
-        time.sleep(0.2)
-    assert _metric(fragile, "pipectl_node_instances_up", "boom") == 1
-    assert _metric(fragile, "pipectl_node_instance_restarts_total", "boom") == restarts + 1
+    _restarted(fragile, "boom", restarts)
     assert _infer(fragile, "fragile", 4.0).json()["outputs"][0]["data"] == [4.0]
 
 
@@ -101,3 +107,58 @@ def test_a_queued_request_is_rejected_at_its_deadline_not_when_the_node_frees(fr
     assert words in answer.json()["error"]
     assert still_blocked
     assert _infer(fragile, "queued", 5.0).json()["outputs"][0]["data"] == [5.0]
+
+
+@pytest.fixture(scope="module")
+def fragile_stream(tmp_path_factory):
+    """fragile_words.yaml (a `test_words` node `talk`) whose restart waits for `srv.gate`."""
+    root = tmp_path_factory.mktemp("fragile_stream")
+    gate = root / "reload.gate"
+    pipeline = root / "fragile_words.yaml"
+    pipeline.write_text((DATA / "fragile_words.yaml").read_text().replace("GATE", str(gate)))
+    srv = start_server([str(pipeline)], "--api-key", API_KEY, log=root / "serve.log",
+                       module="tests.server.stream_kind")  # fmt: skip
+    srv.gate = gate
+    yield srv
+    stop_server(srv)
+
+
+def _say(srv, prompt: str) -> requests.Response:
+    body = {"inputs": [{"name": "prompt", "shape": [1, 1], "datatype": "BYTES", "data": [prompt]}]}
+    url = f"http://{srv.http_url}/v2/models/fragile_words/infer"
+    return requests.post(url, json=body, headers=AUTH, timeout=120)
+
+
+def test_a_lost_streaming_instance_fails_its_streams_and_is_restarted(fragile_stream):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    srv = fragile_stream
+    restarts = _metric(srv, "pipectl_node_instance_restarts_total", "talk")
+    client = grpcclient.InferenceServerClient(srv.grpc_url)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)), headers=AUTH)
+    try:
+        prompt = grpcclient.InferInput("prompt", [1, 1], "BYTES")
+        words = " ".join(f"w{i}" for i in range(400))  # 20 s of deltas: still going when lost
+        prompt.set_data_from_numpy(np.array([[words.encode()]], dtype=object))
+        client.async_stream_infer("fragile_words", [prompt], request_id="long")
+        assert responses.get(timeout=60)[1] is None  # under way
+        lost = _say(srv, "please DIE now")  # KeyboardInterrupt in the node: the instance is lost
+        assert lost.status_code == 500 and "node 'talk' instance 0 was lost" in lost.text
+        error = None
+        while error is None:  # the stream in flight on that instance fails too, naming the node
+            _, error = responses.get(timeout=60)
+        assert "node 'talk' instance 0 was lost while computing request 'long'" in str(error)
+    finally:
+        client.stop_stream()
+        client.close()
+    # down until the reload (gated) ends: not ready, 0 up, requests refused at once
+    assert _ready(srv) == 503
+    assert _metric(srv, "pipectl_node_instances_up", "talk") == 0
+    refused = _say(srv, "anyone there")
+    assert refused.status_code == 503 and "no live instance" in refused.text
+    srv.gate.touch()
+    _restarted(srv, "talk", restarts)
+    answer = _say(srv, "back again")
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == ["echo: back again"]

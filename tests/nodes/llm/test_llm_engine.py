@@ -165,3 +165,49 @@ def test_max_model_len_is_the_models_unless_set_and_never_above_it(tmp_path, sav
     assert "max_model_len 64 is more than the model's max_position_embeddings 48" in str(
         caught.value
     )
+
+
+def _raise_in_thread(thread, exc_type) -> None:
+    """Deliver `exc_type` asynchronously in `thread` (as a Ctrl-C or a killed worker would)."""
+    import ctypes
+
+    hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type)
+    )
+    assert hit == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # it dies
+def test_a_dead_step_loop_fails_its_requests_and_is_never_shared_again(tiny_model_dir):
+    """Its thread lost (KeyboardInterrupt), the engine ends every stream with InstanceLost (they
+    waited forever), refuses new requests, and the shared pool loads a fresh engine."""
+    from nodes.errors import InstanceLost
+    from nodes.llm import shared
+
+    config = EngineConfig(dtype="fp32", block_size=4, kv_cache_bytes=4 << 20, max_model_len=256)
+    engine = shared.acquire(tiny_model_dir, config)
+    long = SamplingParams(max_tokens=240, temperature=0, ignore_eos=True)
+
+    async def both():
+        streams = [engine.stream([3, 4, 5], long), engine.stream([6, 7, 8, 9], long)]
+        for deltas in streams:
+            await anext(deltas)  # both under way
+        _raise_in_thread(engine._thread, KeyboardInterrupt)
+        for deltas in streams:
+            with pytest.raises(InstanceLost, match="step loop died"):
+                async for _ in deltas:
+                    pass
+
+    try:
+        asyncio.run(asyncio.wait_for(both(), 300))
+        assert isinstance(engine.lost, KeyboardInterrupt)
+        with pytest.raises(InstanceLost):
+            engine.generate([[3, 4, 5]], GREEDY)
+        fresh = shared.acquire(tiny_model_dir, config)
+        try:
+            assert fresh is not engine and fresh.lost is None
+            assert fresh.generate([[3, 4, 5]], GREEDY)[0].completion_tokens == 12
+        finally:
+            shared.release(fresh)
+    finally:
+        shared.release(engine)
