@@ -20,10 +20,17 @@ def smollm2_path():
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(smollm2_path):
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer: from PIPECTL_SMOLLM2_TOKENIZER (a saved tokenizer folder, for machines
+    without the model package: bench/gpu_check.sh) or else from the packaged GGUF."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
+    from nodes.paths import resolve_path
+
+    if folder := os.environ.get("PIPECTL_SMOLLM2_TOKENIZER"):
+        return AutoTokenizer.from_pretrained(folder)
+    path = resolve_path(SMOLLM2)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 def save_tiny_llama(folder, tokenizer=None, seed=0, **overrides):
