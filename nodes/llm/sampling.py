@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nodes.errors import InvalidRequest
+from nodes.llm.structured import mask_logits
 
 if (
     TYPE_CHECKING
@@ -34,6 +35,7 @@ class SamplingParams:
     logprobs: bool = False  # log-probability of each chosen token (from the penalized logits)
     top_logprobs: int = 0  # also the k most likely tokens and their log-probabilities, per step
     score_token_ids: tuple[int, ...] = ()  # also report the log-probabilities of these tokens
+    response_format: str | None = None  # canonical JSON (nodes/llm/structured.py); None: text
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -52,6 +54,8 @@ class SamplingParams:
             (self.min_tokens >= 0, "min_tokens", ">= 0"),
             (0 <= self.top_logprobs <= 20, "top_logprobs", "in [0, 20]"),
             (all(self.stop), "stop", "non-empty strings"),
+            (not (self.min_tokens and self.response_format), "min_tokens",
+             "0 with a response_format (the grammar decides where the answer ends)"),
         ):  # fmt: skip
             if not ok:
                 got = getattr(self, field)
@@ -104,6 +108,7 @@ def sample(logits: torch.Tensor, seqs: list, eos_ids: tuple[int, ...] = ()):
     import torch
 
     params = [s.params for s in seqs]
+    mask_logits(logits, [getattr(s, "grammar", None) for s in seqs])
     for i, (seq, p) in enumerate(zip(seqs, params)):
         if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
             apply_penalties(logits[i], seq.token_ids, seq.num_prompt_tokens, p)

@@ -86,7 +86,7 @@ class Scheduler:
         within the step's `room`, its max_tokens and max_model_len, and the KV blocks free
         beyond `reserve` (one per decode still to schedule); the number proposed."""
         spec, params = self.speculative, seq.params
-        if not params.greedy:
+        if not params.greedy or seq.grammar is not None:  # a grammar is checked token by token
             return 0
         limit = min(spec.num_speculative_tokens, room,
                     params.max_tokens - seq.num_output_tokens - 1,

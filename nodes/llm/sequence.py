@@ -22,7 +22,7 @@ class Sequence:
         "request_id token_ids num_prompt_tokens num_computed_tokens "  # noqa: SIM905
         "num_cached_tokens block_table block_hashes status params finish_reason logprobs "
         "generator text sent_chars prefix_offset read_offset arrival num_preemptions "
-        "num_draft".split()
+        "num_draft grammar".split()
     )
 
     def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, arrival):
@@ -47,6 +47,7 @@ class Sequence:
         self.arrival = arrival
         self.num_preemptions = 0
         self.num_draft = 0  # speculative proposals at the end of token_ids, this step only
+        self.grammar = None  # xgrammar matcher of a structured-output request
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -3,7 +3,9 @@ honoured or refused by name, also through a pipeline whose llm node is fed by a 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -151,7 +153,11 @@ def test_streamed_completion_logprobs_and_usage(client):
     ("fields", "named"),
     [
         ({"n": 2}, "'n'"),
-        ({"response_format": {"type": "json_object"}}, "'response_format'"),
+        ({"response_format": {"type": "xml"}}, "'response_format.type'"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "x"}}}},
+            "'response_format.json_schema.schema'",
+        ),
         ({"logit_bias": {"42": 5}}, "'logit_bias'"),
         ({"temperature": 2.5}, "'temperature'"),
         ({"top_p": 0}, "'top_p'"),
@@ -178,3 +184,62 @@ def test_fields_reach_a_templated_llm(client):
     assert greedy.choices[0].text.startswith(sampled.choices[0].text)
     with pytest.raises(openai.BadRequestError, match="'logprobs'.*token_logprobs"):
         client.completions.create(model="templated", prompt="x", logprobs=1)
+
+
+VERDICT = json.loads((Path(__file__).parents[1] / "data" / "verdict.schema.json").read_text())
+ASK = [{"role": "user", "content": "Is Paris the capital of France? Answer as JSON."}]
+
+
+def test_response_format_json_schema_on_v1_and_kserve(client, model_server):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    reply = chat(client, messages=ASK, temperature=0, max_tokens=64, response_format=fmt)
+    text = reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop", text
+    jsonschema.validate(json.loads(text), VERDICT)
+    stream = chat(client, messages=ASK, temperature=0, max_tokens=64, response_format=fmt,
+                  stream=True)  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
+    # KServe v2: the same object as the llm node's optional BYTES input `response_format`
+    g = grpcclient.InferenceServerClient(model_server.grpc_url)
+    inputs = []
+    for name, dtype, value in (
+        ("messages", "BYTES", json.dumps(ASK).encode()),
+        ("response_format", "BYTES", json.dumps(fmt).encode()),
+        ("max_tokens", "INT64", 64),
+        ("temperature", "FP32", 0.0),
+    ):
+        tensor = grpcclient.InferInput(name, [1, 1], dtype)
+        tensor.set_data_from_numpy(
+            np.array(
+                [[value]],
+                dtype=object
+                if dtype == "BYTES"
+                else {"INT64": np.int64, "FP32": np.float32}[dtype],
+            )
+        )
+        inputs.append(tensor)  # fmt: skip
+    result = g.infer(NAME, inputs, headers=AUTH)
+    assert result.as_numpy("text").reshape(-1)[0].decode() == text
+    bad = grpcclient.InferInput("response_format", [1, 1], "BYTES")
+    bad.set_data_from_numpy(np.array([[b'{"type": "yaml"}']], dtype=object))
+    with pytest.raises(grpcclient.InferenceServerException, match="response_format") as err:
+        g.infer(NAME, [inputs[0], bad], headers=AUTH)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_response_format_json_object_and_text(client):
+    reply = chat(client, messages=ASK, temperature=0, max_tokens=48,
+                 response_format={"type": "json_object"})  # fmt: skip
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    else:  # cut by max_tokens: still the start of an object
+        assert reply.choices[0].message.content.lstrip().startswith("{")
+    plain = chat(client, messages=ASK, temperature=0, response_format={"type": "text"})
+    assert (
+        plain.choices[0].message.content
+        == chat(client, messages=ASK, temperature=0).choices[0].message.content
+    )
