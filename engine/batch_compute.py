@@ -28,8 +28,9 @@ def failed(item: WorkItem, error: RequestError, queue_ns: int = 0) -> Done:
 def compute_batch(
     node: str, instance: Instance, items: list[WorkItem], dispatched_ns: int, index: int = 0
 ) -> list[Done]:
-    """Run `items` as one batch on `instance` (worker `index` of node `node`); one Done per
-    item, in order. `dispatched_ns` (monotonic) ends each item's queue time."""
+    """Run `items` as one batch on `instance` (worker `index` of node `node`; errors name each
+    item's own node, which differs for a runner shared across pipelines); one Done per item, in
+    order. `dispatched_ns` (monotonic) ends each item's queue time."""
     start = time.monotonic_ns()
     try:
         outputs = instance.run_batch([item.inputs for item in items])
@@ -37,7 +38,7 @@ def compute_batch(
             raise ValueError(f"run_batch returned {len(outputs)} results for {len(items)} items")
     except Unavailable as exc:  # the instance is down (its actor died): the whole batch
         queued = dispatched_ns - items[0].enqueued_ns
-        return [failed(it, Unavailable(str(exc), node=node), queued) for it in items]
+        return [failed(it, Unavailable(str(exc), node=it.node or node), queued) for it in items]
     except BaseException as exc:  # SystemExit too: a node failure fails only its item
         if loses_instance(exc):
             raise  # not contained: the instance's thread is lost (restarted)
@@ -47,7 +48,7 @@ def compute_batch(
                 compute_batch(node, instance, items[half:], dispatched_ns, index)
             )
         item = items[0]
-        error = node_failure(node, item.request_id, exc)
+        error = node_failure(item.node or node, item.request_id, exc)
         return [failed(item, error, dispatched_ns - item.enqueued_ns)]
     compute_ns = time.monotonic_ns() - start
     size = len(items)
@@ -55,7 +56,7 @@ def compute_batch(
     for item, out in zip(items, outputs, strict=True):
         queued = dispatched_ns - item.enqueued_ns
         if isinstance(out, ItemFailure):  # isolated by the instance itself (a Ray actor)
-            error = node_failure(node, item.request_id, out.error)
+            error = node_failure(item.node or node, item.request_id, out.error)
             done.append(failed(item, error, queued))
         else:
             done.append(Done(item, out, None, queued, compute_ns, size, index))

@@ -22,7 +22,7 @@ from pathlib import Path
 from engine.batch_compute import compute_batch, failed
 from engine.batch_statistics import BatcherStatistics
 from engine.errors import DeadlineExceeded, QueueFull, Unavailable
-from engine.instance import Instance, instances_for
+from engine.instance import Instance, count_load, instances_for
 from engine.instance_health import InstanceHealth
 from engine.plan import BatchPolicy, NodePlan
 from engine.queue_timer import QueueTimer
@@ -72,6 +72,8 @@ class Batcher:
         self._in_hand: dict[int, list[WorkItem]] = {}  # the batch each instance computes
         self._loaded_once = False
         self._loaded = threading.Semaphore(0)
+        self._waiting = threading.Lock()
+        self._waited = False
         self._load_errors: list[BaseException] = []
         self._stats = BatcherStatistics()
         self.recent = self._stats.recent  # read by the live page
@@ -83,9 +85,13 @@ class Batcher:
             self._health.thread(self._worker, instance, on_loaded, index, index=index)
 
     def wait_loaded(self) -> None:
-        """Block until every worker has loaded its node; raise Unavailable if one failed."""
-        for _ in self._threads:
-            self._loaded.acquire()
+        """Block until every worker has loaded its node; raise Unavailable if one failed. Every
+        user of a shared batcher (engine/shared_runners.py) may call it."""
+        with self._waiting:
+            if not self._waited:
+                for _ in self._threads:
+                    self._loaded.acquire()
+                self._waited = True
         if self._load_errors:
             raise Unavailable.load_failed(self.name, self.node_plan.kind, self._load_errors[0])
         self._loaded_once = True
@@ -142,7 +148,9 @@ class Batcher:
 
     def queue_full_error(self, item: WorkItem) -> QueueFull:
         """The error of an item `put` refused."""
-        return QueueFull.at_node(self.name, self.policy.max_queue_size, item.request_id)
+        return QueueFull.at_node(
+            item.node or self.name, self.policy.max_queue_size, item.request_id
+        )
 
     def queued(self) -> int:
         return self._size
@@ -157,16 +165,17 @@ class Batcher:
 
     def _expired_error(self, item: WorkItem, now: int) -> DeadlineExceeded | None:
         """The error of an item past its deadline or the node's timeout_ms (None: not due)."""
+        name = item.node or self.name
         if item.deadline_ns and now >= item.deadline_ns:
-            error = f"request {item.request_id!r} passed its deadline before node {self.name!r}"
-            return DeadlineExceeded(error, node=self.name)
+            error = f"request {item.request_id!r} passed its deadline before node {name!r}"
+            return DeadlineExceeded(error, node=name)
         if self._timeout_ns and now - item.enqueued_ns >= self._timeout_ns:
             waited_ms = (now - item.enqueued_ns) / 1e6
             error = (
                 f"request {item.request_id!r} waited {waited_ms:.1f} ms in the queue of node "
-                f"{self.name!r} (timeout_ms={self.policy.timeout_ms:g})"
+                f"{name!r} (timeout_ms={self.policy.timeout_ms:g})"
             )
-            return DeadlineExceeded(error, node=self.name)
+            return DeadlineExceeded(error, node=name)
         return None
 
     def _expire_due(self, now: int) -> None:
@@ -281,6 +290,7 @@ class Batcher:
             self._loaded.release()
             return False
         self._up[index] = True
+        count_load(self.node_plan.kind)
         if on_loaded is not None:
             on_loaded()
         self._loaded.release()
@@ -291,7 +301,7 @@ class Batcher:
         queue), then start a new thread that reloads the instance (engine/instance_health.py)."""
         why = self._health.lost(index, exc)
         done = [
-            failed(item, self._health.lost_error(index, item.request_id, why))
+            failed(item, self._health.lost_error(index, item.request_id, why, item.node))
             for item in self._in_hand.pop(index, [])
         ]
         if not any(self._up):

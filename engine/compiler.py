@@ -58,6 +58,7 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
             streaming=info.kind.streaming,
             stream_outputs=tuple(info.kind.stream_outputs) if info.kind.streaming else (),
             backend=backends[name][0],
+            response_cache=_cache_bounds(info.spec.response_cache),
         )
     outputs = {}
     for name, text in spec.outputs.items():
@@ -69,9 +70,8 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
         for name, i in spec.inputs.items()
     }
     inputs.update(implicit)
-    cache = spec.response_cache
     return Plan(
-        response_cache=(cache.max_entries, cache.max_bytes) if cache is not None else None,
+        response_cache=_cache_bounds(spec.response_cache),
         version=spec.version,
         name=spec.name,
         file=spec.file,
@@ -82,6 +82,11 @@ def compile_spec(spec: PipelineSpec, devices: list[Device] | None = None) -> Pla
         warnings=tuple(i.format() for i in analysis.issues if i.severity == "warning")
         + tuple(notes),
     )
+
+
+def _cache_bounds(cache) -> tuple[int, int] | None:
+    """A `response_cache:` block (pipeline or node) as (max_entries, max_bytes)."""
+    return (cache.max_entries, cache.max_bytes) if cache is not None else None
 
 
 def wire_request_parameters(

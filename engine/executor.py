@@ -9,8 +9,10 @@ the loop that submitted it, handed its nodes' runners.
     async for event in executor.stream({...}): ...     # deltas of streamed outputs
     executor.stop()
 
-Runners finish items through one path, `_deliver`: once per batch it hands the finished items to
-their request's loop (`loop.call_soon_threadsafe`), never once per item.
+Runners finish items through one path, `deliver`: once per batch it hands the finished items to
+their request's loop (`loop.call_soon_threadsafe`), never once per item. It needs nothing of the
+executor (each item names its node), so a batched node's runner can serve several executors:
+nodes that pipelines share (engine/shared_runners.py) load once and batch together.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any, Self
 
+from engine import shared_runners
 from engine.batcher import Batcher
 from engine.dataflow import Dataflow
 from engine.errors import NotASubPlan, RequestError, Unavailable
+from engine.node_cache import NodeCache, node_caches
 from engine.options import RequestOptions
 from engine.plan import NodePlan, Plan
 from engine.request import Launches, RequestRun
@@ -40,8 +44,15 @@ class Executor:
     """Runs requests through a compiled Plan; see the module docstring. Built with `runners`
     (see `view`), it runs on runners that another executor started and owns."""
 
-    def __init__(self, plan: Plan, runners: Mapping[str, Runner] | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        runners: Mapping[str, Runner] | None = None,
+        caches: Mapping[str, NodeCache] | None = None,
+    ):
         self.plan = plan
+        # the response caches of nodes that ask for one (engine/node_cache.py), per loaded plan
+        self.caches = dict(caches) if caches is not None else node_caches(plan.nodes)
         self.runners: dict[str, Runner] = dict(runners) if runners is not None else {}
         self._owns_runners = runners is None
         self._dataflows: dict[tuple[str, ...] | None, Dataflow] = {}
@@ -50,6 +61,7 @@ class Executor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
+        self._shared: set[str] = set()  # nodes whose runner is shared (released, not stopped)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self, progress: Progress | None = None) -> None:
@@ -66,10 +78,10 @@ class Executor:
                     progress(name, next(loaded), total)
 
         self._join_ray()
-        self.runners = {name: self._runner(node) for name, node in self.plan.nodes.items()}
+        self.runners = {}
         try:
-            for name, runner in self.runners.items():
-                runner.start(partial(on_loaded, name))
+            for name, node in self.plan.nodes.items():
+                self.runners[name] = self._start_runner(node, partial(on_loaded, name))
             for runner in self.runners.values():
                 runner.wait_loaded()
         except BaseException:
@@ -94,11 +106,21 @@ class Executor:
             connect()
             check_cluster(self.plan)
 
-    def _runner(self, node: NodePlan) -> Runner:
-        deliver = partial(self._deliver, node.name)
+    def _start_runner(self, node: NodePlan, on_loaded: Callable[[], None]) -> Runner:
+        """The node's runner, started: shared with every node of the same key in the process
+        (engine/shared_runners.py), else its own."""
+        key = shared_runners.runner_key(node, self.plan.base_dir)
+        if key is not None:
+            runner = shared_runners.acquire(key, node, self.plan.base_dir, deliver, on_loaded)
+            self._shared.add(node.name)
+            return runner
+        own: Runner
         if node.streaming:
-            return Streamer(node, self.plan.base_dir, deliver)
-        return Batcher(node, self.plan.base_dir, deliver)
+            own = Streamer(node, self.plan.base_dir, deliver)
+        else:
+            own = Batcher(node, self.plan.base_dir, deliver)
+        own.start(on_loaded)
+        return own
 
     def view(self, plan: Plan) -> Executor:
         """An executor for `plan`, a sub-plan of this one's (e.g. one node served alone), that
@@ -109,15 +131,23 @@ class Executor:
         missing = [n for n in plan.nodes if n not in self.runners]
         if missing:
             raise NotASubPlan(f"{plan.name!r} is not a sub-plan: no nodes {', '.join(missing)}")
-        return Executor(plan, runners={n: self.runners[n] for n in plan.nodes})
+        return Executor(
+            plan,
+            runners={n: self.runners[n] for n in plan.nodes},
+            caches={n: c for n, c in self.caches.items() if n in plan.nodes},
+        )
 
     def stop(self, drain: bool = True) -> None:
         """Stop the runners this executor started (finishing queued work when `drain`) and the
         background loop of submit_sync."""
         self._started = False
         if self._owns_runners:
-            for runner in self.runners.values():
-                runner.stop(drain=drain)
+            for name, runner in self.runners.items():
+                if name in self._shared:
+                    shared_runners.release(runner, drain=drain)  # type: ignore[arg-type]
+                else:
+                    runner.stop(drain=drain)
+            self._shared.clear()
         with self._loop_lock:
             loop, thread = self._loop, self._loop_thread
             self._loop = self._loop_thread = None
@@ -153,7 +183,7 @@ class Executor:
         request_id = options.request_id or str(next(self._ids))  # no replace(): hot path
         loop = asyncio.get_running_loop()
         dataflow = self._dataflow_for(outputs)
-        run = RequestRun(dataflow, self.runners, loop, options, streaming, request_id)
+        run = RequestRun(dataflow, self.runners, loop, options, streaming, request_id, self.caches)
         try:
             run.begin(inputs)
         except BaseException:
@@ -216,35 +246,6 @@ class Executor:
                 self._loop, self._loop_thread = loop, thread
             return self._loop
 
-    # ---- the one completion path (any runner, any thread → the request's loop) -------------
-    def _deliver(self, name: str, done: list[Done]) -> None:
-        loop = done[0].item.ticket.loop
-        if all(d.item.ticket.loop is loop for d in done):
-            groups = {loop: done}
-        else:
-            groups = {}
-            for d in done:
-                groups.setdefault(d.item.ticket.loop, []).append(d)
-        for loop, batch in groups.items():
-            try:
-                loop.call_soon_threadsafe(self._on_batch, name, batch)  # type: ignore[union-attr]
-            except RuntimeError:  # that loop is closed: its requests are gone
-                pass
-
-    def _on_batch(self, name: str, done: list[Done]) -> None:
-        launches = Launches()
-        for d in done:
-            run: RequestRun = d.item.ticket  # type: ignore[assignment]
-            if run.finished:
-                continue
-            if d.error is not None:
-                run.fail(d.error)
-            else:
-                run.node_done(
-                    name, d.outputs, d.queue_ns, d.batch_size, d.compute_ns, launches, d.instance
-                )  # type: ignore[arg-type]
-        launches.flush()
-
     # ---- statistics --------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
@@ -259,12 +260,56 @@ class Executor:
     def statistics(self) -> dict[str, dict]:
         """Per node, its runner's statistics: success/failure counts, queue and compute ns
         totals, batch size histogram. Streaming nodes report `streaming: True`, and, when the
-        node keeps its own statistics, those under the node's kind name (e.g. `llm`)."""
-        return {
-            name: self.runners[name].statistics()
-            for name in self.plan.nodes
-            if name in self.runners
-        }
+        node keeps its own statistics, those under the node's kind name (e.g. `llm`). A node
+        whose runner pipelines share (engine/shared_runners.py) counts every sharer's items, and
+        says how many nodes share it in `shared_by`."""
+        out = {}
+        for name in self.plan.nodes:
+            runner = self.runners.get(name)
+            if runner is None:
+                continue
+            out[name] = runner.statistics()
+            if name in self._shared:
+                out[name]["shared_by"] = shared_runners.users(runner)
+        return out
+
+
+# ---- the one completion path (any runner, any thread → the request's loop) -----------------
+def deliver(done: list[Done]) -> None:
+    """A runner's finished items, handed to their requests' loops once per loop."""
+    loop = done[0].item.ticket.loop
+    if all(d.item.ticket.loop is loop for d in done):
+        groups = {loop: done}
+    else:
+        groups = {}
+        for d in done:
+            groups.setdefault(d.item.ticket.loop, []).append(d)
+    for loop, batch in groups.items():
+        try:
+            loop.call_soon_threadsafe(_on_batch, batch)  # type: ignore[union-attr]
+        except RuntimeError:  # that loop is closed: its requests are gone
+            pass
+
+
+def _on_batch(done: list[Done]) -> None:
+    launches = Launches()
+    for d in done:
+        run: RequestRun = d.item.ticket  # type: ignore[assignment]
+        if run.finished:
+            continue
+        if d.error is not None:
+            run.fail(d.error)
+        else:
+            run.node_done(
+                d.item.node,
+                d.outputs,
+                d.queue_ns,
+                d.batch_size,
+                d.compute_ns,
+                launches,
+                d.instance,
+            )  # type: ignore[arg-type]
+    launches.flush()
 
 
 __all__ = ["Executor", "RequestError", "Result", "StreamEvent", "concat_deltas"]

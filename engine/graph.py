@@ -35,7 +35,8 @@ Codes (stable; tests and tools match on them):
     W-UNUSED-INPUT         no node reads a pipeline input
     W-COND-CONSTANT        a condition takes len() of a fixed-shape port (always the same)
     W-DTYPE-BF16-SLOW      dtype bf16 for the CPU, where this CPU runs bf16 slower than fp32
-    W-CACHE-NONDETERMINISTIC  response_cache on a pipeline with a node whose results vary
+    W-CACHE-NONDETERMINISTIC  response_cache on a pipeline with a node whose results vary, or
+                           on a node whose results vary (always, or for some requests)
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class _Checker(NodeSettingChecks):
             self.check_placement(info)
             self.check_dtype(info)
             self.check_condition(info)
+            self.check_node_cache(info)
         self.check_usage()
         self.check_response_cache()
         self.issues.sort(key=lambda i: i.line)
@@ -272,6 +274,27 @@ class _Checker(NodeSettingChecks):
                 "cache a pipeline of deterministic kinds, or give the llm temperature: 0 or a seed",
                 "warning",
             )
+
+    def check_node_cache(self, info: NodeInfo) -> None:
+        """A node's response cache applies only where its kind declares it deterministic."""
+        if info.spec.response_cache is None or info.kind is None or info.params is None:
+            return
+        if info.kind.is_deterministic(info.params, {}):
+            return
+        where = f"nodes.{info.name}.response_cache"
+        if info.kind.request_parameters:  # a request may make it deterministic (an llm's seed)
+            message = (
+                f"response_cache on node {info.name!r} applies only to the requests that make "
+                f"its {info.kind.kind!r} results deterministic (temperature 0 or a seed)"
+            )
+            hint = "give the node temperature: 0 or a seed to cache every request"
+        else:
+            message = (
+                f"response_cache cannot apply to node {info.name!r}: kind {info.kind.kind!r} "
+                "does not declare its results deterministic, so nothing is ever cached"
+            )
+            hint = "remove response_cache from this node, or cache a deterministic node"
+        self.add("W-CACHE-NONDETERMINISTIC", where, message, hint, "warning")
 
     def check_usage(self) -> None:
         consumed = {(s.node, s.port) for i in self.nodes.values() for s in i.sources.values()}

@@ -19,6 +19,8 @@ place that chooses the kind of worker for a node's placement.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -83,6 +85,24 @@ def instances_for(node: NodePlan, base_dir: str | Path | None) -> list[Instance]
 
         return [RayInstance(node, placed, base_dir, i) for i, placed in enumerate(node.instances)]
     return [LocalInstance(node, placed, base_dir) for placed in node.instances]
+
+
+_loads: Counter[str] = Counter()
+_loads_lock = threading.Lock()
+
+
+def count_load(kind: str) -> None:
+    """One instance of `kind` loaded by a batcher's worker (a reload after a loss not counted)."""
+    with _loads_lock:
+        _loads[kind] += 1
+
+
+def instance_loads() -> dict[str, int]:
+    """Instances of batched kinds loaded in this process so far, by kind: a node that several
+    pipelines share (engine/shared_runners.py) counts once. `/metrics`:
+    pipectl_instance_loads_total."""
+    with _loads_lock:
+        return dict(_loads)
 
 
 def instance_state(instance: Instance) -> dict:

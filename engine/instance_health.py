@@ -54,12 +54,14 @@ class InstanceHealth:
         self.restarts += 1
         return why
 
-    def lost_error(self, index: int, request_id: str, why: str) -> NodeError:
-        """The error of a request that instance `index` held when it was lost."""
+    def lost_error(self, index: int, request_id: str, why: str, node: str = "") -> NodeError:
+        """The error of a request that instance `index` held when it was lost; `node` is the
+        request's own name for the node (a runner shared across pipelines serves several)."""
+        node = node or self.node
         return NodeError(
-            f"node {self.node!r} instance {index} was lost while computing request "
+            f"node {node!r} instance {index} was lost while computing request "
             f"{request_id!r} ({why}); it is being restarted",
-            node=self.node,
+            node=node,
             request_id=request_id,
         )
 

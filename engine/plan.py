@@ -103,6 +103,7 @@ class NodePlan:
     streaming: bool = False
     stream_outputs: tuple[str, ...] = ()
     backend: Backend = field(default_factory=Backend)
+    response_cache: tuple[int, int] | None = None  # (max_entries, max_bytes): engine/node_cache.py
 
     def to_dict(self) -> dict:
         return {
@@ -129,7 +130,11 @@ class NodePlan:
             ],
             "placement": self.backend.to_dict(),
             "when": self.when,
-        }
+        } | (
+            {"response_cache": dict(zip(("max_entries", "max_bytes"), self.response_cache))}
+            if self.response_cache
+            else {}
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from engine.options import RequestOptions
 from engine.result import NodeTrace, Result, StreamEvent
 from engine.runner import Runner, Ticket, WorkItem
 from nodes.base import Item
+
+if TYPE_CHECKING:
+    from engine.node_cache import NodeCache
 
 ABSENT: Any = object()
 
@@ -64,6 +67,8 @@ class RequestRun(Ticket):
 
     __slots__ = (
         "active",
+        "cache_keys",
+        "caches",
         "dataflow",
         "deadline_ns",
         "events",
@@ -92,10 +97,13 @@ class RequestRun(Ticket):
         options: RequestOptions,
         streaming: bool,
         request_id: str = "",
+        caches: Mapping[str, NodeCache] | None = None,
     ):
         super().__init__(loop)
         self.dataflow = dataflow
         self.runners = runners
+        self.caches = caches or None  # node -> its response cache (engine/node_cache.py)
+        self.cache_keys: dict[str, bytes] | None = None  # node -> key of a miss it computes
         self.options = options
         self.request_id = request_id or options.request_id  # the executor numbers unnamed ones
         self.priority = options.priority
@@ -180,10 +188,43 @@ class RequestRun(Ticket):
                 self._skip(step.name, ready)
             else:
                 self.active.add(step.name)
+                cached = self.caches is not None and step.name in self.caches
+                if cached and self._from_cache(step.name, item):
+                    continue
                 launches.add(
                     self.runners[step.name],
-                    WorkItem(item, self.request_id, self, self.priority, self.deadline_ns),
+                    WorkItem(
+                        item, self.request_id, self, self.priority, self.deadline_ns, node=step.name
+                    ),
                 )
+
+    def _from_cache(self, name: str, item: dict[str, np.ndarray]) -> bool:
+        """Look node `name`'s item up in its response cache. A hit (True) is delivered on the
+        loop's next turn as the node's outputs; a miss remembers its key for `node_done`."""
+        cache = self.caches[name]  # type: ignore[index]
+        started = time.monotonic_ns()
+        key = cache.key(item)
+        if key is None:  # not deterministic for this item: passes through uncounted
+            return False
+        hit = cache.cache.get(key)
+        cache.cache.record(hit is not None, time.monotonic_ns() - started)
+        if hit is None:
+            if self.cache_keys is None:
+                self.cache_keys = {}
+            self.cache_keys[name] = key
+            return False
+        self.loop.call_soon(self._cache_hit, name, hit)  # type: ignore[union-attr]
+        return True
+
+    def _cache_hit(self, name: str, outputs: dict[str, np.ndarray]) -> None:
+        """A node answered from its cache: its streamed ports go out whole, as one delta."""
+        if self.finished:
+            return
+        if self.dataflow.steps[name].forward:
+            self.delta(name, outputs)
+        launches = Launches()
+        self.node_done(name, outputs, 0, 1, 0, launches)
+        launches.flush()
 
     def _condition(self, name: str, condition: Any, item: dict[str, np.ndarray]) -> bool | None:
         """Whether a node's `when:` holds. It does not when it reads an absent optional input;
@@ -221,6 +262,8 @@ class RequestRun(Ticket):
         instance: int = 0,
     ) -> None:
         """A node finished this request: store what it made and launch what that unblocks."""
+        if self.cache_keys is not None and name in self.cache_keys:
+            self.caches[name].cache.put(self.cache_keys.pop(name), outputs)  # type: ignore[index]
         if self.tracing:
             self._traced(name, outputs, queue_ns, batch_size, compute_ns, instance)
         self.active.discard(name)

@@ -57,6 +57,7 @@ class WorkItem:
     priority: int = 0  # 0: the policy's default
     deadline_ns: int = 0
     enqueued_ns: int = 0
+    node: str = ""  # the node's name in the request's pipeline (a shared runner serves several)
 
 
 @dataclass(slots=True, eq=False)

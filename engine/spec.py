@@ -108,6 +108,13 @@ class PlacementSpec(_Strict):
     max_restarts: Annotated[int, Field(ge=-1)] | None = None
 
 
+class ResponseCacheSpec(_Strict):
+    """Triton's response cache for the pipeline or one node: LRU-bounded by entries and bytes."""
+
+    max_entries: Annotated[int, Field(ge=1)] = 1024
+    max_bytes: Annotated[int, Field(ge=1)] = 64 << 20
+
+
 class NodeSpec(_Strict):
     """One node: its kind, the kind's params, where its inputs come from, batching, placement and
     an optional `when:` condition over its input ports."""
@@ -118,6 +125,7 @@ class NodeSpec(_Strict):
     batching: BatchingSpec | None = None
     placement: PlacementSpec | None = None
     when: str | None = None
+    response_cache: ResponseCacheSpec | None = None  # Triton's, on this node alone
 
 
 class DefaultsSpec(_Strict):
@@ -140,13 +148,6 @@ class VersionPolicySpec(_Strict):
         if self.policy == "specific" and not self.versions:
             raise ValueError("policy 'specific' needs 'versions: [N, ...]'")
         return self
-
-
-class ResponseCacheSpec(_Strict):
-    """Triton's response cache for the pipeline: LRU-bounded by entries and bytes."""
-
-    max_entries: Annotated[int, Field(ge=1)] = 1024
-    max_bytes: Annotated[int, Field(ge=1)] = 64 << 20
 
 
 class PipelineSpec(_Strict):

@@ -16,4 +16,6 @@ Helpers:
     compute_dtype.py  `dtype: auto` per placed instance;  onnx_export.py  cached ONNX exports
     paths.py          `pkg:` and relative paths in params;  jsonl.py  the JSON Lines reader
     index_builder.py  `pipectl index build`: a faiss_search index from a JSONL corpus
+    shared.py         one object per key, loaded once, reference-counted (LLM engines, and the
+                      engine's shared batched nodes)
 """

@@ -65,6 +65,9 @@ class Node:
     request_parameters: ClassVar[tuple[str, ...]] = ()
     # same inputs, same outputs (what a response cache needs); see is_deterministic
     deterministic: ClassVar[bool] = False
+    # what a loaded instance holds depends only on its params and the files they name, so that
+    # nodes of equal params (in one pipeline or several) may share one set of instances
+    shareable: ClassVar[bool] = False
 
     def __init__(self, params: NodeParams, base_dir: str | Path | None = None):
         self.params = params

@@ -89,6 +89,7 @@ class EncoderNode(Node):
     """Embeds each input text into one L2-normalised FP32 vector."""
 
     deterministic = True  # no sampling: a response cache may serve it
+    shareable = True  # pipelines with this node at equal params share its instances
     kind = "encoder"
     Params = EncoderParams
     max_batch_size = 4096

@@ -122,6 +122,7 @@ class FaissSearchNode(Node):
     """Returns the `top_k` nearest passages (row ids, scores, texts, corpus ids) of each vector."""
 
     deterministic = True  # no sampling: a response cache may serve it
+    shareable = True  # pipelines with this node at equal params share its instances
     kind = "faiss_search"
     Params = FaissSearchParams
     max_batch_size = 4096

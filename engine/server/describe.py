@@ -179,14 +179,36 @@ def node_statistics(repo: Repository, model: ServedModel) -> dict:
     total["instances_up"] = int(stats.get("instances_up", placed)) if stats else 0
     total["restarts"] = int(stats.get("restarts", 0)) if stats else 0
     total["placement"] = list(stats.get("placement", [])) if stats else []
+    total["shared_by"] = int(stats.get("shared_by", 1)) if stats else 1
     # a streaming node's own numbers (e.g. the LLM engine's gauges), under its kind name
     own = stats.get(model.plan.nodes[model.node].kind) if stats else None
     total["own"] = own if isinstance(own, dict) else {}
     return total
 
 
+def model_cache(model: ServedModel):
+    """The response cache behind `model` (engine/response_cache.py): a pipeline's own, or, for
+    a node model, the node's (engine/node_cache.py, held by its pipeline's executor); or None."""
+    if model.node is None:
+        return model.cache
+    executor = getattr(model.family, "executor", None)
+    node_cache = executor.caches.get(model.node) if executor is not None else None
+    return node_cache.cache if node_cache is not None else None
+
+
+def _cache_stats(cache) -> dict:
+    """Triton's InferStatistics cache_hit / cache_miss, when there is a cache."""
+    if cache is None:
+        return {}
+    return {
+        "cache_hit": _duration(cache.hits, cache.hit_ns),
+        "cache_miss": _duration(cache.misses, cache.miss_ns),
+    }
+
+
 def model_statistics(repo: Repository, model: ServedModel) -> dict:
-    """Triton ModelStatistics: request counters; queue and compute summed over the nodes."""
+    """Triton ModelStatistics: request counters; queue and compute summed over the nodes; cache
+    hits and misses of the model's response cache (a node model's: its node's)."""
     if model.node is not None:
         s = node_statistics(repo, model)
         return {
@@ -200,6 +222,7 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
                 "fail": _duration(s["failure"], 0),
                 "queue": _duration(s["success"], s["queue_ns"]),
                 "compute_infer": _duration(s["success"], s["compute_ns"]),
+                **_cache_stats(model_cache(model)),
             },
             "batch_stats": [
                 {"batch_size": size, "compute_infer": _duration(count, 0)}
@@ -207,7 +230,6 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
             ],
         }
     st = model.stats
-    cache = model.cache
     queue_ns = compute_ns = 0
     for node in model.plan.nodes:
         s = node_statistics(repo, model.family.models[f"{model.name}.{node}"])
@@ -224,14 +246,7 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
             "fail": _duration(st.fail_count, st.fail_ns),
             "queue": _duration(st.success_count, queue_ns),
             "compute_infer": _duration(st.success_count, compute_ns),
-            **(
-                {
-                    "cache_hit": _duration(cache.hits, cache.hit_ns),
-                    "cache_miss": _duration(cache.misses, cache.miss_ns),
-                }
-                if cache is not None
-                else {}
-            ),
+            **_cache_stats(model.cache),
         },
     }
 

@@ -3,7 +3,9 @@ pays nothing for them.
 
 Per node (labels pipeline, node): successes, failures, queue and compute seconds, batches, the
 batch-size histogram, items queued now. Per model (label model): requests and their seconds.
-A streaming node that reports its own statistics (the LLM engine: running and waiting sequences,
+`pipectl_node_shared_by`: how many nodes (of any pipeline) share the node's instances, and
+`pipectl_instance_loads_total{kind}`: instances of batched kinds loaded in the process (a node
+that pipelines share loads once). A streaming node that reports its own statistics (the LLM engine: running and waiting sequences,
 KV blocks in use, prefix-cache hit rate, tokens/s) has each number as a gauge
 `pipectl_<kind>_<name>`, e.g. `pipectl_llm_running`.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.server.describe import node_statistics
+from engine.server.describe import model_cache, node_statistics
 from engine.server.repository import Repository
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -42,6 +44,7 @@ class PipelineCollector:
         yield from nodes.values()  # batch sizes, queued, instances up, restarts
         yield from requests.values()
         yield from gauges.values()
+        yield _instance_loads()
 
 
 def _node_families() -> dict:
@@ -63,6 +66,10 @@ def _node_families() -> dict:
         "up": GaugeMetricFamily(
             "pipectl_node_instances_up", "instances serving now (below the placed count while "
             "a lost instance reloads)", labels=labels,
+        ),
+        "shared_by": GaugeMetricFamily(
+            "pipectl_node_shared_by", "nodes, in any pipeline, that share this node's "
+            "instances and queue (1: its own)", labels=labels,
         ),
         "restarts": CounterMetricFamily(
             "pipectl_node_instance_restarts",
@@ -94,9 +101,9 @@ def _cache_families() -> dict:
 
 
 def _add_model(model, requests: dict, cache: dict) -> None:
-    """A model's request counters and its response cache."""
-    if model.cache is not None:
-        rc = model.cache
+    """A model's request counters and its response cache (a node model's: its node's)."""
+    rc = model_cache(model)
+    if rc is not None:
         for name, value in (("hits", rc.hits), ("misses", rc.misses),
                             ("entries", len(rc)), ("bytes", rc.bytes)):  # fmt: skip
             cache[name].add_metric([model.name], value)
@@ -122,6 +129,7 @@ def _add_node(families: dict, gauges: dict, key: list[str], s: dict, kind: str) 
     families["queued"].add_metric(key, s["queued"])
     families["up"].add_metric(key, s["instances_up"])
     families["restarts"].add_metric(key, s["restarts"])
+    families["shared_by"].add_metric(key, s["shared_by"])
     for name, value in (s["own"] or {}).items():
         if not isinstance(value, int | float):
             continue
@@ -131,6 +139,20 @@ def _add_node(families: dict, gauges: dict, key: list[str], s: dict, kind: str) 
                 metric, f"{kind} node: {name}", labels=["pipeline", "node"]
             )
         gauges[metric].add_metric(key, float(value))
+
+
+def _instance_loads():
+    from prometheus_client.core import CounterMetricFamily
+
+    from engine.instance import instance_loads
+
+    family = CounterMetricFamily(
+        "pipectl_instance_loads", "instances of batched kinds loaded in this process (a node "
+        "that pipelines share loads once)", labels=["kind"],
+    )  # fmt: skip
+    for kind, count in sorted(instance_loads().items()):
+        family.add_metric([kind], count)
+    return family
 
 
 def _metric_name(text: str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from engine.errors import InvalidInput, NotFound, Unavailable
 from engine.options import RequestOptions
 from engine.plan import Plan
+from engine.response_cache import request_key, uncacheable_nodes
 from engine.result import Result
 from engine.server.batch_results import (
     assemble_stream,
@@ -29,7 +30,6 @@ from engine.server.batch_results import (
 )
 from engine.server.model import LOADING, READY, UNAVAILABLE, ServedModel, shared_executor
 from engine.server.request_check import check_request
-from engine.server.response_cache import request_key, uncacheable_nodes
 from engine.server.traces import RequestTracer, TracedRequest
 from engine.server.versions import PipelineVersion, build_version
 

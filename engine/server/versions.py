@@ -120,7 +120,7 @@ def build_version(plan: Plan, source: str = "", stamp: tuple = ()) -> PipelineVe
             sub.streamed_outputs(), version=version,
         )  # fmt: skip
     if plan.response_cache is not None:
-        from engine.server.response_cache import ResponseCache
+        from engine.response_cache import ResponseCache
 
         models[plan.name].cache = ResponseCache(*plan.response_cache)
     pv = PipelineVersion(plan.name, version, plan, models, source, stamp)

@@ -6,29 +6,20 @@ Sharing one engine means one set of weights, one KV cache and one step loop: the
 all its users are batched together continuously. The key is the resolved model path, the model
 file's size and modification time (a changed file loads anew) and the whole EngineConfig (dtype,
 device, KV budget, limits), so nodes that ask for different limits get their own engine.
-Reference-counted: the last `release` shuts the engine down and frees its memory. An engine whose
-step loop died (`LLMEngine.lost`) is never handed out again: the next `acquire` loads a new one.
+Reference-counted (nodes/shared.py, the pool batched nodes share through too): the last
+`release` shuts the engine down and frees its memory. An engine whose step loop died
+(`LLMEngine.lost`) is never handed out again: the next `acquire` loads a new one.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from nodes.llm.config import EngineConfig
+from nodes.shared import SharedPool
 
-
-@dataclass
-class _Entry:
-    users: int = 0
-    engine: object | None = None
-    error: BaseException | None = None
-    loaded: threading.Event = field(default_factory=threading.Event)
-
-
-_lock = threading.Lock()
-_pool: dict[tuple, _Entry] = {}
+_pool: SharedPool = SharedPool(close=lambda engine: engine.shutdown())
 
 
 def _key(path: Path, config: EngineConfig) -> tuple:
@@ -47,51 +38,24 @@ def acquire(path: Path, config: EngineConfig):
     for the same key wait for one load). Raises what the load raised."""
     from nodes.llm.engine import LLMEngine
 
-    key = _key(path, config)
-    with _lock:
-        entry = _pool.get(key)
-        if entry is not None and getattr(entry.engine, "lost", None) is not None:
-            entry = None  # its step loop died: its users reload onto a new engine
-        first = entry is None
-        if first:
-            entry = _pool[key] = _Entry()
-        entry.users += 1
-    if first:
-        try:
-            entry.engine = LLMEngine(path, config)
-        except BaseException as exc:
-            entry.error = exc
-            with _lock:
-                _pool.pop(key, None)
-            raise
-        finally:
-            entry.loaded.set()
-    entry.loaded.wait()
-    if entry.error is not None:
-        raise entry.error
-    return entry.engine
+    return _pool.acquire(_key(path, config), lambda: LLMEngine(path, config), _lost)
+
+
+def _lost(engine) -> bool:
+    """Its step loop died: its users reload onto a new engine."""
+    return getattr(engine, "lost", None) is not None
 
 
 def release(engine) -> None:
     """One user less; the last one shuts the engine down (its thread, weights and KV cache)."""
-    with _lock:
-        for key, entry in list(_pool.items()):
-            if entry.engine is engine:
-                entry.users -= 1
-                if entry.users > 0:
-                    return
-                del _pool[key]
-                break
-    engine.shutdown()
+    _pool.release(engine)
 
 
 def users(engine) -> int:
     """How many nodes hold `engine` (0 once it is released or was never shared)."""
-    with _lock:
-        return next((e.users for e in _pool.values() if e.engine is engine), 0)
+    return _pool.users(engine)
 
 
 def engines_loaded() -> int:
     """Distinct engines loaded in this process."""
-    with _lock:
-        return sum(1 for e in _pool.values() if e.engine is not None)
+    return _pool.loaded()

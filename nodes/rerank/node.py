@@ -84,6 +84,7 @@ class RerankNode(Node):
     LLM judge over all pairs of the whole batch."""
 
     deterministic = True  # no sampling: a response cache may serve it
+    shareable = True  # pipelines with this node at equal params share its instances
     kind = "rerank"
     Params = RerankParams
     max_batch_size = 256

@@ -198,16 +198,9 @@ def test_model_pipeline_serves_one_llm():
         compile_spec(model_spec("missing.gguf", speculative={**ngram, "method": "eagle"}))
 
 
-def test_response_cache_warns_where_it_cannot_apply_and_follows_the_request():
-    import numpy as np
-
-    from engine.commands.model_pipeline import model_spec
-    from engine.server.response_cache import uncacheable_nodes
-
-    text = """
+PYTHON_NODE = """
 apiVersion: pipectl/v1
 name: cached
-response_cache: {max_entries: 4}
 inputs: {x: {dtype: FP32, shape: [4]}}
 outputs: {y: f.y}
 nodes:
@@ -216,6 +209,15 @@ nodes:
     params: {function: "fns:double", inputs: {x: FP32}, outputs: {y: FP32}}
     inputs: {x: $inputs.x}
 """
+
+
+def test_response_cache_warns_where_it_cannot_apply_and_follows_the_request():
+    import numpy as np
+
+    from engine.commands.model_pipeline import model_spec
+    from engine.response_cache import uncacheable_nodes
+
+    text = PYTHON_NODE.replace("name: cached\n", "name: cached\nresponse_cache: {max_entries: 4}\n")
     plan = compile_spec(parse_spec(text), devices=[CPU])
     assert plan.response_cache == (4, 64 << 20)
     assert any("W-CACHE-NONDETERMINISTIC" in w and "'f'" in w for w in plan.warnings)
@@ -224,3 +226,18 @@ nodes:
     hot = {"temperature": np.array([[0.7]], dtype=np.float32)}
     assert uncacheable_nodes(llm, hot) == ["generate"]
     assert uncacheable_nodes(llm, {**hot, "seed": np.array([[1]])}) == []
+
+
+def test_a_node_response_cache_is_planned_and_warned_where_it_cannot_apply():
+    text = PYTHON_NODE + "    response_cache: {max_entries: 8}\n"  # on line 11
+    plan = compile_spec(parse_spec(text), devices=[CPU])
+    assert plan.nodes["f"].response_cache == (8, 64 << 20) and plan.response_cache is None
+    assert plan.to_dict()["nodes"]["f"]["response_cache"] == {
+        "max_entries": 8,
+        "max_bytes": 64 << 20,
+    }
+    warned = [w for w in plan.warnings if "W-CACHE-NONDETERMINISTIC" in w]
+    assert len(warned) == 1 and "cannot apply to node 'f'" in warned[0]
+    assert warned[0].startswith("<string>:11:")  # the node's response_cache line
+    with pytest.raises(SpecError, match=r"nodes\.f\.response_cache\.max_entries"):
+        parse_spec(text.replace("max_entries: 8", "max_entries: 0"))

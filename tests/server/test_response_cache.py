@@ -1,6 +1,7 @@
-"""Triton's response cache on a pipeline, with stock tritonclient against a real server: a hit is
-byte-identical to the computed answer, LRU-bounded, counted in ModelStatistics and /metrics;
-streamed answers are cached whole; only deterministic requests are cached."""
+"""Triton's response cache on a pipeline and on single nodes, with stock tritonclient against a
+real server: a hit is byte-identical to the computed answer, LRU-bounded, counted in
+ModelStatistics and /metrics; streamed answers are cached whole; only deterministic requests are
+cached. A node's hit skips the node (engine/node_cache.py) and counts under `PIPELINE.NODE`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
     log = tmp_path_factory.mktemp("cache") / "serve.log"
-    files = [str(DATA / "cached_embed.yaml"), str(DATA / "cached_words.yaml")]
+    files = [str(DATA / f) for f in ("cached_embed.yaml", "cached_words.yaml", "node_cached.yaml")]
     srv = start_server(files, "--api-key", API_KEY, log=log, module="tests.server.stream_kind")
     yield srv
     stop_server(srv)
@@ -31,17 +32,45 @@ def client(cached):
     c.close()
 
 
-def embed(client, text: str) -> np.ndarray:
+def embed(client, text: str, model: str = "cembed") -> np.ndarray:
     x = grpcclient.InferInput("text", [1, 1], "BYTES")
     x.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
-    return client.infer("cembed", [x], headers=AUTH).as_numpy("embedding")
+    out = [grpcclient.InferRequestedOutput("embedding")]
+    return client.infer(model, [x], outputs=out, headers=AUTH).as_numpy("embedding")
+
+
+def inference_stats(client, model: str) -> dict:
+    stats = client.get_inference_statistics(model, headers=AUTH, as_json=True)["model_stats"][0]
+    return stats["inference_stats"]
 
 
 def cache_counts(client, model: str) -> tuple[int, int]:
-    stats = client.get_inference_statistics(model, headers=AUTH, as_json=True)["model_stats"][0]
-    infer = stats["inference_stats"]
+    infer = inference_stats(client, model)
     return (int(infer.get("cache_hit", {}).get("count", 0)),
             int(infer.get("cache_miss", {}).get("count", 0)))  # fmt: skip
+
+
+def computed(client, node_model: str) -> int:
+    """Items the node itself computed (a cache hit is not one)."""
+    return int(inference_stats(client, node_model)["success"].get("count", 0))
+
+
+def stream(server, model: str, name: str, words: str) -> list:
+    """One streamed request of `words` in input `name`; every response (or error) it got."""
+    responses = []
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    c.start_stream(lambda result, error: responses.append(error or result), headers=AUTH)
+    prompt = grpcclient.InferInput(name, [1, 1], "BYTES")
+    prompt.set_data_from_numpy(np.array([[words.encode()]], dtype=object))
+    c.async_stream_infer(model, [prompt], enable_empty_final_response=True)
+    c.stop_stream()  # waits for the stream to end
+    c.close()
+    assert not [r for r in responses if isinstance(r, Exception)]
+    return responses
+
+
+def joined(responses, output: str) -> bytes:
+    return b"".join(bytes(r.as_numpy(output).reshape(-1)[0]) for r in responses)
 
 
 def test_a_hit_is_byte_identical_and_counted(client, cached):
@@ -69,23 +98,42 @@ def test_least_recently_used_is_evicted(client):
 
 
 def test_a_streamed_answer_is_cached_whole(cached):
-    def stream(words: str) -> list:
-        responses = []
-        c = grpcclient.InferenceServerClient(cached.grpc_url)
-        c.start_stream(lambda result, error: responses.append(error or result), headers=AUTH)
-        prompt = grpcclient.InferInput("prompt", [1, 1], "BYTES")
-        prompt.set_data_from_numpy(np.array([[words.encode()]], dtype=object))
-        c.async_stream_infer("cwords", [prompt], enable_empty_final_response=True)
-        c.stop_stream()  # waits for the stream to end
-        c.close()
-        assert not [r for r in responses if isinstance(r, Exception)]
-        return responses
-
-    def text(responses) -> bytes:
-        return b"".join(bytes(r.as_numpy("text").reshape(-1)[0]) for r in responses)
-
-    computed = stream("one two three")
-    served = stream("one two three")
-    assert len(computed) > 2 and len(served) == 1  # the whole answer in one response
-    assert text(served) == text(computed) == b"echo: one two three"
+    first = stream(cached, "cwords", "prompt", "one two three")
+    served = stream(cached, "cwords", "prompt", "one two three")
+    assert len(first) > 2 and len(served) == 1  # the whole answer in one response
+    assert joined(served, "text") == joined(first, "text") == b"echo: one two three"
     assert served[0].as_numpy("completion_tokens").reshape(-1)[0] == 4
+
+
+def test_a_node_hit_skips_the_node_and_is_byte_identical(client, cached):
+    first = embed(client, "open a file", "ncache")
+    hits, misses = cache_counts(client, "ncache.encode")
+    ran = computed(client, "ncache.encode")
+    again = embed(client, "open a file", "ncache")
+    assert again.tobytes() == first.tobytes() and again.dtype == first.dtype
+    assert cache_counts(client, "ncache.encode") == (hits + 1, misses)
+    assert computed(client, "ncache.encode") == ran  # the node did not run again
+    assert "cache_hit" not in inference_stats(client, "ncache")  # no pipeline cache
+    request = urllib.request.Request(f"http://{cached.http_url}/metrics", headers=AUTH)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        metrics = response.read().decode()
+    assert f'pipectl_cache_hits_total{{model="ncache.encode"}} {float(hits + 1)}' in metrics
+
+
+def test_a_node_cache_evicts_the_least_recently_used(client):
+    for text in ("a", "b", "a", "c"):  # a is more recent than b: b goes when c comes (2 entries)
+        embed(client, text, "ncache")
+    hits, misses = cache_counts(client, "ncache.encode")
+    embed(client, "a", "ncache")
+    assert cache_counts(client, "ncache.encode") == (hits + 1, misses)
+    embed(client, "b", "ncache")
+    assert cache_counts(client, "ncache.encode") == (hits + 1, misses + 1)
+
+
+def test_a_streaming_node_hit_streams_its_answer_whole(client, cached):
+    first = stream(cached, "ncache", "text", "one two three")
+    hits = cache_counts(client, "ncache.reply")[0]
+    served = stream(cached, "ncache", "text", "one two three")
+    assert len(first) > 3 and len(served) == 2  # the whole answer, then the final response
+    assert joined(served, "reply") == joined(first, "reply") == b"echo: one two three"
+    assert cache_counts(client, "ncache.reply")[0] == hits + 1
