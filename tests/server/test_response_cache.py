@@ -19,7 +19,8 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
     log = tmp_path_factory.mktemp("cache") / "serve.log"
-    files = [str(DATA / f) for f in ("cached_embed.yaml", "cached_words.yaml", "node_cached.yaml")]
+    names = ("cached_embed.yaml", "cached_words.yaml", "node_cached.yaml", "cached_llm.yaml")
+    files = [str(DATA / f) for f in names]
     srv = start_server(files, "--api-key", API_KEY, log=log, module="tests.server.stream_kind")
     yield srv
     stop_server(srv)
@@ -137,3 +138,29 @@ def test_a_streaming_node_hit_streams_its_answer_whole(client, cached):
     assert len(first) > 3 and len(served) == 2  # the whole answer, then the final response
     assert joined(served, "reply") == joined(first, "reply") == b"echo: one two three"
     assert cache_counts(client, "ncache.reply")[0] == hits + 1
+
+
+def test_an_llm_node_caches_greedy_and_seeded_requests_only(client, cached):
+    """Through /v1 with the openai package: the llm node (fed by a template) answers a greedy or
+    seeded request it has seen from its cache, word for word; a sampled unseeded one is computed
+    and not counted."""
+    openai = pytest.importorskip("openai")
+    base_url = f"http://{cached.http_url}/v1"
+    with openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0) as oa:
+
+        def complete(**fields):
+            return oa.completions.create(model="cllm", prompt="What is the sea?", max_tokens=8,
+                                         **fields)  # fmt: skip
+
+        first = complete(temperature=0)
+        hits, misses = cache_counts(client, "cllm.generate")
+        again = complete(temperature=0)
+        assert again.choices[0].text == first.choices[0].text
+        assert again.usage.completion_tokens == first.usage.completion_tokens
+        assert cache_counts(client, "cllm.generate") == (hits + 1, misses)
+        complete(temperature=0.8)  # sampled without a seed: not deterministic, uncounted
+        assert cache_counts(client, "cllm.generate") == (hits + 1, misses)
+        seeded = complete(temperature=0.8, seed=7)
+        assert cache_counts(client, "cllm.generate") == (hits + 1, misses + 1)
+        assert complete(temperature=0.8, seed=7).choices[0].text == seeded.choices[0].text
+        assert cache_counts(client, "cllm.generate") == (hits + 2, misses + 1)
