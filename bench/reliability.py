@@ -5,7 +5,8 @@ aiohttp clients (KServe REST and the OpenAI routes), printed as one table.
     .venv/bin/python bench/reliability.py --overload-s 20 --streams 300 --soak-s 120
 
 - overload: the closed-loop capacity of pipelines/search.yaml (max_queue_size set), then an
-  open loop at 4x that rate: answered, rejected (429, p99 time to reject), lost (no answer).
+  open loop at 4x that rate (or `--overload-rate`, to compare two builds at one rate): answered,
+  rejected (429, median and p99 time to reject), lost (no answer), the server's CPU seconds.
 - cancel storm: streamed chats cancelled after a random number of chunks, then unary chats whose
   clients leave at a random time; KV blocks in use afterwards, and whether the next is served.
 - faults: a node that raises, calls sys.exit, hangs past the deadline, or whose instance thread
@@ -37,6 +38,10 @@ ROWS: list[tuple[str, str, str]] = []  # (part, figure, value)
 def row(part: str, figure: str, value) -> None:
     ROWS.append((part, figure, str(value)))
     print(f"  {part:<14} {figure:<44} {value}", flush=True)
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
 
 
 def p99(values: list[float]) -> float:
@@ -123,10 +128,15 @@ def overload(args, tmp: Path) -> None:
     try:
         cap = asyncio.run(capacity(server, args.capacity_s))
         row("overload", "capacity, 16 closed-loop clients (req/s)", f"{cap:.0f}")
-        results = asyncio.run(open_loop(server, 4 * cap, args.overload_s, args.patience_s))
+        rate = args.overload_rate or 4 * cap
+        cpu = server.cpu_s()
+        results = asyncio.run(open_loop(server, rate, args.overload_s, args.patience_s))
+        cpu = server.cpu_s() - cpu
         kinds = [k for k, _ in results]
         rejected = [s for k, s in results if k == "rejected"]
-        row("overload", f"offered 4x capacity for {args.overload_s:g} s", f"{4 * cap:.0f} req/s")
+        what = "as set" if args.overload_rate else "4x capacity"
+        row("overload", f"offered ({what}) for {args.overload_s:g} s", f"{rate:.0f} req/s")
+        row("overload", "rejected: median ms to reject", f"{median(rejected) * 1e3:.1f}")
         row("overload", "answered", kinds.count("ok"))
         row("overload", "rejected 429 (p99 ms to reject)",
             f"{len(rejected)} ({p99(rejected) * 1e3:.1f})")  # fmt: skip
@@ -135,6 +145,8 @@ def overload(args, tmp: Path) -> None:
         row("overload", f"lost (no answer within {args.patience_s:g} s)", kinds.count("lost"))
         answered = [t for k, t in results if k != "lost"]
         row("overload", "slowest answer (s)", f"{max(answered, default=0):.1f}")
+        row("overload", "server CPU s (ms per request sent)",
+            f"{cpu:.1f} ({cpu / max(1, len(results)) * 1e3:.2f})")  # fmt: skip
     finally:
         server.stop()
 
@@ -241,6 +253,9 @@ def main() -> int:
     parser.add_argument("--capacity-s", type=float, default=10)
     parser.add_argument("--overload-s", type=float, default=60)
     parser.add_argument("--patience-s", type=float, default=120, help="overload client timeout")
+    parser.add_argument("--overload-rate", type=float, default=0,
+                        help="offered req/s (default: 4x the measured capacity); a fixed rate "
+                        "compares two builds side by side")  # fmt: skip
     parser.add_argument("--streams", type=int, default=1000, help="streamed chats to cancel")
     parser.add_argument("--leavers", type=int, default=200, help="unary chats whose client leaves")
     parser.add_argument("--soak-s", type=float, default=600)
