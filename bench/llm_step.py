@@ -1,6 +1,7 @@
 """The LLM engine's decode step at batch 64 against its matmul bound, and where the step goes.
 
     .venv/bin/python bench/llm_step.py [--dtype fp32] [--quantization none] [--threads 1]
+        [--attention-backend auto] [--compare-attention torch]
 
 64 prompts of ~100 tokens are prefilled, then decode steps (one token for each of the 64
 sequences, sampling included) are timed. The matmul bound is the same step's linear layers and
@@ -9,7 +10,8 @@ LM head alone: the model's own projection callables (packed weights, same thread
 load; medians are printed with their ratio (issue 13's target: within 1.4x). Then
 torch.profiler samples five steps and the self time of its ops is grouped: linears, attention
 (gather, matmuls, softmax, cache writes), element-wise (RMSNorm, RoPE, SiLU, adds), sampling,
-and the rest (Python, tensor creation).
+and the rest (Python, tensor creation). With `--compare-attention B`, each round also times steps
+with attention backend B on the same engine (same sequences, same cache), for a side-by-side ratio.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from bench.llm import MODEL, make_prompts
-from nodes.llm.config import EngineConfig
+from nodes.llm.config import ATTENTION_BACKENDS, EngineConfig
 from nodes.llm.engine import LLMEngine
 from nodes.llm.sampling import SamplingParams
 from nodes.paths import resolve_path
@@ -35,17 +37,21 @@ GROUPS = {
     "linears": ("mm", "addmm", "_mkl_linear", "_linear_pointwise", "_weight_int8pack_mm",
                 "_weight_int4pack_mm_for_cpu", "linear"),
     "attention": ("bmm", "index_select", "copy_", "_softmax", "index_copy_", "matmul",
-                  "_scaled_dot_product_flash_attention_for_cpu", "clone", "contiguous"),
+                  "_scaled_dot_product_flash_attention_for_cpu", "clone", "contiguous",
+                  "pipectl::paged_decode", "pipectl::paged_store"),
     "element-wise": ("mul", "add", "add_", "mul_", "silu", "rms_norm", "_fused_rms_norm", "pow",
                      "mean", "rsqrt", "cat", "neg", "sum", "div_", "embedding", "index", "_to_copy"),
     "sampling": ("argmax", "topk", "sort", "softmax", "log_softmax", "gather", "max"),
 }  # fmt: skip
 
 
-def decoding_engine(dtype: str, quantization: str, threads: int, batch: int = 64) -> LLMEngine:
+def decoding_engine(
+    dtype: str, quantization: str, threads: int, batch: int = 64, attention_backend: str = "auto"
+) -> LLMEngine:
     """An engine whose `batch` sequences are past their prompts: every step() is one decode."""
     config = EngineConfig(dtype=dtype, quantization=quantization, kv_cache_bytes=1 << 30,
-                          max_num_seqs=batch, num_threads=threads)  # fmt: skip
+                          max_num_seqs=batch, num_threads=threads,
+                          attention_backend=attention_backend)  # fmt: skip
     engine = LLMEngine(resolve_path(MODEL), config)
     params = SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True)
     for prompt in make_prompts(engine.tokenizer, batch, 100):
@@ -74,11 +80,27 @@ def matmul_bound(engine: LLMEngine, batch: int = 64):
     return run
 
 
-def timed(fn, times: list[float], n: int) -> None:
+def timed(fn, times: list[float], cpu: list[float], n: int) -> None:
+    """Wall and this thread's CPU seconds of n calls (CPU time: less noisy on a shared machine)."""
     for _ in range(n):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - start_cpu)
+
+
+def with_attention(engine: LLMEngine, backend: str | None):
+    """engine.step with the runner's decode attention switched to `backend` for the call."""
+    kernel = engine.runner.cpu_kernel
+
+    def step():
+        engine.runner.cpu_kernel = None if backend == "torch" else kernel
+        try:
+            engine.step()
+        finally:
+            engine.runner.cpu_kernel = kernel
+
+    return step if backend else engine.step
 
 
 def breakdown(engine: LLMEngine, steps: int = 5) -> dict[str, float]:
@@ -101,23 +123,30 @@ def main() -> None:
     ap.add_argument("--quantization", default="none")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
+    ap.add_argument("--compare-attention", choices=["torch"], help="also time steps on torch ops")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    engine = decoding_engine(args.dtype, args.quantization, args.threads)
-    bound = matmul_bound(engine)
-    steps: list[float] = []
-    mats: list[float] = []
+    engine = decoding_engine(args.dtype, args.quantization, args.threads,
+                             attention_backend=args.attention_backend)  # fmt: skip
+    kernel = "C kernel" if engine.runner.cpu_kernel else "torch ops"
+    runs = {f"step ({kernel})": engine.step, "matmul bound": matmul_bound(engine)}
+    if args.compare_attention:
+        runs[f"step ({args.compare_attention})"] = with_attention(engine, args.compare_attention)
+    times = {name: ([], []) for name in runs}
     for _ in range(args.rounds):
-        timed(engine.step, steps, 3)
-        timed(bound, mats, 3)
-    step, mat = statistics.median(steps), statistics.median(mats)
+        for name, fn in runs.items():
+            timed(fn, *times[name], 3)
     print(f"# bench/llm_step.py {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: dtype "
-          f"{args.dtype}, quantization {args.quantization}, {args.threads} thread(s), "
-          f"CPU {torch.backends.cpu.get_cpu_capability()}, load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"decode step at 64: median {step * 1e3:.0f} ms (min {min(steps) * 1e3:.0f}); matmul "
-          f"bound {mat * 1e3:.0f} ms (min {min(mats) * 1e3:.0f}); step / bound "
-          f"{step / mat:.2f}x (of minima {min(steps) / min(mats):.2f}x); "
-          f"{64 / step:.1f} tokens/s")  # fmt: skip
+          f"{args.dtype}, quantization {args.quantization}, {args.threads} thread(s), attention "
+          f"{kernel}, CPU {torch.backends.cpu.get_cpu_capability()}, "
+          f"load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    bound, bound_cpu = (statistics.median(t) for t in times["matmul bound"])
+    for name, (wall, cpu) in times.items():
+        step, step_cpu = statistics.median(wall), statistics.median(cpu)
+        print(f"{name} at 64: median {step * 1e3:.0f} ms (min {min(wall) * 1e3:.0f}), CPU "
+              f"{step_cpu * 1e3:.0f} ms; / bound {step / bound:.2f}x, CPU {step_cpu / bound_cpu:.2f}x; "
+              f"{64 / step:.1f} tokens/s")  # fmt: skip
     start = time.perf_counter()
     shares = breakdown(engine)
     wall = time.perf_counter() - start

@@ -1,10 +1,12 @@
 """Paged attention over a KV cache indexed `[num_blocks, block_size, kv_heads, head_dim]`.
 
 One interface, `attend(q, k, v, k_cache, v_cache, meta)`: it writes the batch's new K/V into the
-cache at `meta.slot_mapping` and returns the attention output. On CPU (the reference) decodes
-gather their blocks for the whole batch with `index_select` and run a grouped matmul (query heads
-viewed per KV head, no repeat of K/V); prefill chunks run SDPA one sequence at a time. On CUDA
-with Triton a paged kernel reads the blocks in place for every token.
+cache at `meta.slot_mapping` and returns the attention output. On CPU, with `meta.cpu_kernel` (the
+C kernel of nodes/llm/cpu_attention.py), decodes read their blocks in place up to their own
+length; without it (the torch reference) they gather their blocks for the whole batch with
+`index_select` and run a grouped matmul (query heads viewed per KV head, no repeat of K/V).
+Prefill chunks run SDPA one sequence at a time. On CUDA with Triton a paged kernel reads the
+blocks in place for every token.
 
 `new_kv_cache` stores each KV head's blocks together (memory `[kv_heads, num_blocks, block_size,
 head_dim]`, seen through a permuted view with the indexing above): a gather of a sequence's blocks
@@ -38,6 +40,9 @@ class AttentionMetadata:
     token_positions: torch.Tensor | None = None
     block_tables: torch.Tensor | None = None
     decode_rows: torch.Tensor | None = None  # decode_blocks per KV head, set by the first layer
+    # the C kernel (nodes/llm/cpu_attention.CpuAttention), with each decode row's context length
+    cpu_kernel: object | None = None
+    decode_lens: torch.Tensor | None = None  # [num_decodes] int64
 
 
 def new_kv_cache(num_blocks, block_size, kv_heads, head_dim, dtype, device) -> torch.Tensor:
@@ -63,14 +68,25 @@ def _store(cache: torch.Tensor, slots: torch.Tensor, new: torch.Tensor) -> None:
 
 def attend(q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
     """q [T, H, D], k/v [T, KV, D] → [T, H*D]; stores k/v in the caches first."""
-    _store(k_cache, meta.slot_mapping, k)
-    _store(v_cache, meta.slot_mapping, v)
+    kernel = meta.cpu_kernel
+    if kernel is not None:
+        kernel.store(k, v, k_cache, v_cache, meta.slot_mapping)
+    else:
+        _store(k_cache, meta.slot_mapping, k)
+        _store(v_cache, meta.slot_mapping, v)
     if meta.token_rows is not None:
         return _triton_attend(q, k_cache, v_cache, meta)
-    out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
     nd = meta.num_decodes
+    if nd and kernel is not None:
+        blocks = meta.decode_blocks.view(nd, -1)
+        decoded = kernel.decode(q[:nd], k_cache, v_cache, blocks, meta.decode_lens)
+        if nd == q.shape[0]:
+            return decoded
+    elif nd:
+        decoded = _decode(q[:nd], k_cache, v_cache, meta)
+    out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
     if nd:
-        out[:nd] = _decode(q[:nd], k_cache, v_cache, meta)
+        out[:nd] = decoded
     for start, n, ctx, blocks in meta.prefills:
         out[start : start + n] = _prefill(
             q[start : start + n], k, v, k_cache, v_cache, start, ctx, blocks

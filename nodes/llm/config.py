@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from nodes.llm.speculative import SpeculativeConfig
 
 _ROPE_TYPES = ("default", "llama3")
+ATTENTION_BACKENDS = ("auto", "torch", "cpu_kernel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,9 @@ class EngineConfig:
     speculative: SpeculativeConfig | None = None  # n-gram speculation (nodes/llm/speculative.py)
     # weights at run time: auto (GGUF stays quantized, HF dense) | none | int8 | int4 (nodes/llm/quant.py)
     quantization: str = "auto"
+    # decode attention on CPU: auto (the C kernel where a C compiler builds it, else torch ops)
+    # | torch | cpu_kernel (the C kernel or an error); nodes/llm/cpu_attention.py
+    attention_backend: str = "auto"
 
     def __post_init__(self):
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
@@ -117,6 +121,9 @@ class EngineConfig:
         if self.quantization not in ("auto", "none", "int8", "int4"):
             raise ValueError(f"quantization {self.quantization!r} unsupported; "
                              "choose from auto, none, int8, int4")  # fmt: skip
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend {self.attention_backend!r} unsupported; "
+                             f"choose from {', '.join(ATTENTION_BACKENDS)}")  # fmt: skip
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         lows = {"kv_cache_bytes": 1, "max_num_seqs": 1, "max_num_batched_tokens": 1,

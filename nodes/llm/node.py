@@ -66,6 +66,8 @@ class LLMParams(NodeParams):
     |                        |                    | unset: that, capped at 2048                    |
     | enable_prefix_caching  | true               | reuse KV blocks of shared prompt prefixes      |
     | threads                | 1                  | torch intra-op threads (0: torch's default)    |
+    | attention_backend      | auto               | auto, torch, cpu_kernel: decode attention on   |
+    |                        |                    | CPU (nodes/llm/cpu_attention.py)               |
     | speculative            | none               | {method: ngram, num_speculative_tokens: k,     |
     |                        |                    |  prompt_lookup_max: n, prompt_lookup_min: m}:  |
     |                        |                    |  prompt-lookup speculation (greedy requests)   |
@@ -88,6 +90,7 @@ class LLMParams(NodeParams):
     max_model_len: int | None = Field(None, ge=2)
     enable_prefix_caching: bool = True
     threads: int = Field(1, ge=0)
+    attention_backend: Literal["auto", "torch", "cpu_kernel"] = "auto"
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -124,7 +127,7 @@ class LLMParams(NodeParams):
             max_num_batched_tokens=self.max_num_batched_tokens, max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching, num_threads=self.threads,
             speculative=self.speculative.config() if self.speculative else None,
-            quantization=self.quantization,
+            quantization=self.quantization, attention_backend=self.attention_backend,
         )  # fmt: skip
 
     def sampling(self, **overrides):

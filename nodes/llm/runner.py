@@ -7,6 +7,7 @@ import torch
 
 from nodes.llm.attention import AttentionMetadata, new_kv_cache, triton_available
 from nodes.llm.config import EngineConfig, ModelConfig, derive_max_model_len
+from nodes.llm.cpu_attention import load_kernel
 from nodes.llm.model import DTYPES, LlamaModel
 from nodes.llm.sequence import Sequence
 
@@ -33,6 +34,23 @@ class ModelRunner:
             (new_kv_cache(*shape), new_kv_cache(*shape)) for _ in range(model_config.num_layers)
         ]
         self.use_triton = triton_available(config.device)
+        self.cpu_kernel = self._cpu_kernel(config.attention_backend, hd)
+
+    def _cpu_kernel(self, backend: str, head_dim: int):
+        """The C decode kernel where it applies (CPU, a C compiler, fp32/bf16 cache), else None."""
+        if backend == "torch" or self.device.type != "cpu":
+            if backend == "cpu_kernel":
+                raise ValueError(f"attention_backend cpu_kernel runs on a CPU, not {self.device}")
+            return None
+        kernel = load_kernel(head_dim)
+        if kernel is None or not kernel.supports(self.kv_caches[0][0]):
+            if backend == "cpu_kernel":
+                raise ValueError(
+                    "attention_backend cpu_kernel: the C kernel could not be built "
+                    "(no C compiler) or does not take this cache dtype (fp32, bf16)"
+                )
+            return None
+        return kernel
 
     def run(self, batch: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
         """Compute the batch; logits [S, vocab] for the sequences whose chunk reaches their end."""
@@ -73,11 +91,15 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
             num_decodes=len(decode_tables),
             prefills=tuple(prefills),
+            cpu_kernel=self.cpu_kernel,
         )
         if decode_tables:
             width = max(len(t) for t in decode_tables)
             flat = [b for t in decode_tables for b in t + [0] * (width - len(t))]
             meta.decode_blocks = torch.tensor(flat, device=self.device)
+        if decode_tables and self.cpu_kernel is not None:
+            meta.decode_lens = torch.tensor(decode_lens)
+        elif decode_tables:
             lens = torch.tensor(decode_lens).unsqueeze(1)
             masked = torch.arange(width * bs).unsqueeze(0) >= lens
             bias = torch.zeros(masked.shape).masked_fill_(masked, float("-inf"))

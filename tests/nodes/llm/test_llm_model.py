@@ -43,13 +43,14 @@ def _all_logits(runner, batch):
     return runner.model.forward(input_ids, positions, meta, runner.kv_caches, every)
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])  # auto: the C kernel where it builds
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_logits_match_transformers(tmp_path, save_llama, case):
+def test_logits_match_transformers(tmp_path, save_llama, case, backend):
     hf = save_llama(tmp_path, **CASES[case])
     model_config, weights = load_weights(tmp_path)
     config = EngineConfig(
         dtype="fp32", block_size=4, kv_cache_bytes=1 << 20, max_num_seqs=4,
-        max_num_batched_tokens=64, max_model_len=256,
+        max_num_batched_tokens=64, max_model_len=256, attention_backend=backend,
     )  # fmt: skip
     runner = ModelRunner(model_config, weights, config)
     blocks = BlockManager(runner.num_blocks, config.block_size)
