@@ -101,6 +101,33 @@ def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor)
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
+def argmax_rows(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """`logits.argmax(dim=-1)` for float [S, V], first maximum (or first NaN) alike, ~6x faster.
+
+    torch's CPU argmax over rows is not vectorized (5.4 ms for [64, 49152] fp32 on one thread);
+    `amax` is (0.5 ms). So: the first chunk of `chunk` columns holding each row's maximum, then
+    the first maximum within it; columns past the last whole chunk are compared at the end.
+    """
+    import torch
+
+    rows, vocab = logits.shape
+    whole = vocab - vocab % chunk
+    if whole == 0:
+        return logits.argmax(dim=-1)
+    chunks = logits[:, :whole].view(rows, whole // chunk, chunk)
+    best = chunks.amax(dim=-1).argmax(dim=-1)  # amax and argmax propagate NaN alike
+    ids = torch.arange(rows, device=logits.device)
+    picked = chunks[ids, best]
+    within = picked.argmax(dim=-1)
+    tokens = best * chunk + within
+    if whole < vocab:  # a tail wins only if strictly greater (ties go to the first), or NaN
+        tail_max, tail_at = logits[:, whole:].max(dim=-1)
+        head_max = picked[ids, within]
+        use_tail = (tail_max > head_max) | (tail_max.isnan() & ~head_max.isnan())
+        tokens = torch.where(use_tail, whole + tail_at, tokens)
+    return tokens
+
+
 def sample(logits: torch.Tensor, seqs: list, eos_ids: tuple[int, ...] = ()):
     """One token per row of float32 `logits` [S, V] for `seqs`. Returns (tokens, logprobs of the
     chosen tokens or None, per row the logprobs of its `score_token_ids` or None, per row its
@@ -116,7 +143,7 @@ def sample(logits: torch.Tensor, seqs: list, eos_ids: tuple[int, ...] = ()):
             banned = [t for t in (*eos_ids, *p.stop_token_ids) if t is not None]
             if banned:
                 logits[i, banned] = float("-inf")
-    tokens = logits.argmax(dim=-1)
+    tokens = argmax_rows(logits)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         idx = torch.tensor(rows)
@@ -130,7 +157,7 @@ def sample(logits: torch.Tensor, seqs: list, eos_ids: tuple[int, ...] = ()):
         noise = torch.empty_like(probs)
         for j, i in enumerate(rows):
             noise[j].exponential_(generator=seqs[i].generator)
-        tokens[idx] = (probs / noise).argmax(dim=-1)
+        tokens[idx] = argmax_rows(probs / noise)
     logprobs = scores = tops = None
     if any(p.logprobs or p.score_token_ids for p in params):
         log_probs = logits.log_softmax(dim=-1)

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nodes.llm.sampling import SamplingParams, sample
+from nodes.llm.sampling import SamplingParams, argmax_rows, sample
 from nodes.llm.sequence import Sequence
 
 
@@ -27,6 +29,21 @@ def test_greedy_takes_the_argmax_per_row():
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.9], [5.0, 0.0, 0.0, 4.0]])
     tokens, logprobs, scores, _ = sample(logits.clone(), [_seq(SamplingParams(temperature=0))] * 2)
     assert tokens == [1, 0] and logprobs is None and scores is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 5), vocab=st.integers(1, 700), chunk=st.sampled_from([1, 4, 256]),
+    levels=st.integers(1, 4), nans=st.integers(0, 2), seed=st.integers(0, 2**31 - 1),
+)  # fmt: skip
+def test_argmax_rows_is_torchs_argmax(rows, vocab, chunk, levels, nans, seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randint(0, levels, (rows, vocab), generator=gen).float()  # many ties
+    for _ in range(nans):
+        logits[
+            torch.randint(rows, (1,), generator=gen), torch.randint(vocab, (1,), generator=gen)
+        ] = math.nan
+    assert torch.equal(argmax_rows(logits, chunk), logits.argmax(dim=-1))
 
 
 def test_temperature_sampling_follows_the_distribution():
