@@ -10,8 +10,9 @@ LM head alone: the model's own projection callables (packed weights, same thread
 load; medians are printed with their ratio (issue 13's target: within 1.4x). Then
 torch.profiler samples five steps and the self time of its ops is grouped: linears, attention
 (gather, matmuls, softmax, cache writes), element-wise (RMSNorm, RoPE, SiLU, adds), sampling,
-and the rest (Python, tensor creation). With `--compare-attention B`, each round also times steps
-with attention backend B on the same engine (same sequences, same cache), for a side-by-side ratio.
+and the rest (Python, tensor creation). With `--compare-attention torch`, each round also times steps
+with decode attention and the element-wise parts on torch ops (attention_backend torch) on the same
+engine (same sequences, same cache), for a side-by-side ratio.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from bench.llm import MODEL, make_prompts
 from nodes.llm.config import ATTENTION_BACKENDS, EngineConfig
 from nodes.llm.engine import LLMEngine
+from nodes.llm.layer_ops import TorchOps
 from nodes.llm.sampling import SamplingParams
 from nodes.paths import resolve_path
 
@@ -57,9 +59,11 @@ def decoding_engine(
     for prompt in make_prompts(engine.tokenizer, batch, 100):
         engine.add_request(prompt, params)
     sched = engine.scheduler
-    while sched.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in sched.running):
+    while True:  # requests reach the scheduler at a step: step until all are past their prompts
         engine.step()
-    return engine
+        running = sched.running
+        if len(running) == batch and all(s.num_computed_tokens >= len(s) - 1 for s in running):
+            return engine
 
 
 def matmul_bound(engine: LLMEngine, batch: int = 64):
@@ -89,18 +93,21 @@ def timed(fn, times: list[float], cpu: list[float], n: int) -> None:
         cpu.append(time.thread_time() - start_cpu)
 
 
-def with_attention(engine: LLMEngine, backend: str | None):
-    """engine.step with the runner's decode attention switched to `backend` for the call."""
-    kernel = engine.runner.cpu_kernel
+def on_torch_ops(engine: LLMEngine):
+    """engine.step with decode attention and the element-wise parts on torch ops for the call
+    (attention_backend torch), on the same engine, sequences and cache."""
+    runner, model = engine.runner, engine.runner.model
+    kernel, ops = runner.cpu_kernel, model.ops
+    plain = TorchOps(model.cos, model.sin, engine.model_config.rms_norm_eps)
 
     def step():
-        engine.runner.cpu_kernel = None if backend == "torch" else kernel
+        runner.cpu_kernel, model.ops = None, plain
         try:
             engine.step()
         finally:
-            engine.runner.cpu_kernel = kernel
+            runner.cpu_kernel, model.ops = kernel, ops
 
-    return step if backend else engine.step
+    return step
 
 
 def breakdown(engine: LLMEngine, steps: int = 5) -> dict[str, float]:
@@ -129,10 +136,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     engine = decoding_engine(args.dtype, args.quantization, args.threads,
                              attention_backend=args.attention_backend)  # fmt: skip
-    kernel = "C kernel" if engine.runner.cpu_kernel else "torch ops"
+    kernel = "C kernels" if engine.runner.cpu_kernel else "torch ops"
     runs = {f"step ({kernel})": engine.step, "matmul bound": matmul_bound(engine)}
     if args.compare_attention:
-        runs[f"step ({args.compare_attention})"] = with_attention(engine, args.compare_attention)
+        runs["step (torch ops)"] = on_torch_ops(engine)
     times = {name: ([], []) for name in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():

@@ -9,7 +9,8 @@ heads, where `index_copy_` took two calls per layer).
 It is compiled at first use with the system C compiler (`$CC`, else `cc`/`gcc`), with
 `-O3 -march=native -ffast-math`, once per head_dim, into `$PIPECTL_KERNEL_CACHE` (default
 `~/.cache/pipectl/kernels`) under a name that hashes the source, the flags and this CPU's flags,
-and is loaded with ctypes. `load_kernel` returns None where there is no compiler or the build
+and is loaded with ctypes; the same library holds `fused_ops.c` (RMSNorm, RoPE and SiLU×up in one
+pass each, nodes/llm/layer_ops.py). `load_kernel` returns None where there is no compiler or the build
 fails, and the engine keeps the torch path.
 """
 
@@ -29,7 +30,7 @@ import torch
 from torch.profiler import record_function
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("paged_attention.c")
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("paged_attention.c", "fused_ops.c"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
@@ -45,7 +46,7 @@ class CpuAttention:
     KV, D] cache views whose last dim is contiguous, in fp32 or bf16."""
 
     def __init__(self, lib: ctypes.CDLL, head_dim: int):
-        self.head_dim = head_dim
+        self.lib, self.head_dim = lib, head_dim  # lib also holds fused_ops.c (layer_ops.py)
         self._decode = {torch.float32: lib.paged_decode_f32, torch.bfloat16: lib.paged_decode_bf16}
         for fn in self._decode.values():
             fn.argtypes, fn.restype = [_P] * 7 + [ctypes.POINTER(_Shape)], None
@@ -122,10 +123,10 @@ def _cpu_flags() -> str:
 
 
 def _build(compiler: str, head_dim: int) -> Path:
-    source = SOURCE.read_bytes()
     flags = (*FLAGS, f"-DHEAD_DIM={head_dim}")
-    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
-                                     _cpu_flags().encode()])).hexdigest()[:16]  # fmt: skip
+    parts = [*(source.read_bytes() for source in SOURCES), " ".join(flags).encode()]
+    key = hashlib.sha256(b"\0".join([*parts, compiler.encode(), _cpu_flags().encode()]))
+    key = key.hexdigest()[:16]
     cache = Path(os.environ.get("PIPECTL_KERNEL_CACHE") or Path.home() / ".cache/pipectl/kernels")
     target = cache / f"paged_attention_d{head_dim}_{key}.so"
     if target.exists():
@@ -133,7 +134,7 @@ def _build(compiler: str, head_dim: int) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: atomic
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE), "-lm"],
+        subprocess.run([compiler, *flags, "-o", str(built), *map(str, SOURCES), "-lm"],
                        check=True, capture_output=True, timeout=120)  # fmt: skip
         os.replace(built, target)
     return target

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from nodes.llm.attention import AttentionMetadata, attend
 from nodes.llm.config import ModelConfig
+from nodes.llm.layer_ops import TorchOps
 from nodes.llm.quant import QuantizedWeight, as_float, cat_rows, make_linear, resolve
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -92,10 +93,7 @@ class LlamaModel:
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = emb.cos().to(self.device, self.dtype)
         self.sin = emb.sin().to(self.device, self.dtype)
-
-    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        eps = self.config.rms_norm_eps
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+        self.ops = TorchOps(self.cos, self.sin, config.rms_norm_eps)  # FusedOps: runner.py
 
     @torch.inference_mode()
     def forward(
@@ -107,26 +105,22 @@ class LlamaModel:
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """Flat tokens [T] at `positions` → float32 logits [len(logits_indices), vocab]."""
-        cfg = self.config
+        cfg, ops = self.config, self.ops
         heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         tokens = input_ids.shape[0]
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        half = head_dim // 2
         if isinstance(self.embed, QuantizedWeight):
             x = self.embed.embedding(input_ids).to(self.dtype)
         else:
             x = F.embedding(input_ids, self.embed)
+        delta = None  # the MLP output of the layer before, added to x by the next norm
         for (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj), (k_cache, v_cache) in zip(
             self.layers, kv_caches
         ):
-            qkv = qkv_proj(self._rms_norm(x, ln1)).view(tokens, heads + 2 * kv_heads, head_dim)
-            qk = qkv[:, : heads + kv_heads]
-            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-            qk = qk * cos + rotated * sin
+            x, h = ops.add_rms_norm(x, delta, ln1)
+            qkv = qkv_proj(h).view(tokens, heads + 2 * kv_heads, head_dim)
+            qk = ops.rope(qkv, positions, heads + kv_heads)
             q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
-            x = x + o_proj(attend(q, k, v, k_cache, v_cache, meta))
-            gate, up = gate_up_proj(self._rms_norm(x, ln2)).chunk(2, dim=-1)
-            x = x + down_proj(F.silu(gate) * up)
-        x = self._rms_norm(x[logits_indices], self.norm)
+            x, h = ops.add_rms_norm(x, o_proj(attend(q, k, v, k_cache, v_cache, meta)), ln2)
+            delta = down_proj(ops.silu_mul(gate_up_proj(h)))
+        _, x = ops.add_rms_norm(x[logits_indices], delta[logits_indices], self.norm)
         return self.lm_head(x).float()

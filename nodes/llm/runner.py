@@ -8,6 +8,7 @@ import torch
 from nodes.llm.attention import AttentionMetadata, new_kv_cache, triton_available
 from nodes.llm.config import EngineConfig, ModelConfig, derive_max_model_len
 from nodes.llm.cpu_attention import load_kernel
+from nodes.llm.layer_ops import FusedOps
 from nodes.llm.model import DTYPES, LlamaModel
 from nodes.llm.sequence import Sequence
 
@@ -35,6 +36,10 @@ class ModelRunner:
         ]
         self.use_triton = triton_available(config.device)
         self.cpu_kernel = self._cpu_kernel(config.attention_backend, hd)
+        if self.cpu_kernel is not None and dtype == torch.float32:
+            cfg = model_config
+            self.model.ops = FusedOps(self.cpu_kernel.lib, self.model.cos, self.model.sin,
+                                      cfg.rms_norm_eps)  # fmt: skip
 
     def _cpu_kernel(self, backend: str, head_dim: int):
         """The C decode kernel where it applies (CPU, a C compiler, fp32/bf16 cache), else None."""
