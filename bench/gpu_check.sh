@@ -133,6 +133,7 @@ if [ "$DRY" = 1 ] && [ ! -f "$CARRY/models/smollm2/config.json" ]; then
   stage prepare 60 "$PY" bench/gpu_models.py prepare --carry "$CARRY"  # from the installed packages
 fi
 stage setup 45 bash -c setup
+timeout 30 bash -c environment >"$WORK/environment.txt" 2>&1  # versions, after the wheels
 stage models 45 "$PY" bench/gpu_models.py build --carry "$CARRY" --out "$MODELS" "${LAYER_ARGS[@]}"
 stage pytest 100 bash -c gpu_tests
 stage llm 150 "$PY" bench/llm_device.py --model "$MODELS/smollm2" --device "$DEVICE" \
@@ -147,7 +148,7 @@ stage faiss 40 "$PY" bench/nodes_device.py faiss "${NODE_ARGS[@]}" --count "$COU
     "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')," \
     "$((SECONDS - START)) s of ${BUDGET_S} s"
   echo
-  timeout 60 bash -c environment 2>&1 | tail -1
+  tail -1 "$WORK/environment.txt"
   echo
   echo "| stage | result or measure | figure | note |"
   echo "|---|---|---|---|"
