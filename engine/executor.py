@@ -71,10 +71,12 @@ class Executor:
         total = sum(len(n.instances) for n in self.plan.nodes.values())
         loaded = itertools.count(1)
         lock = threading.Lock()
+        reported: dict[str, int] = dict.fromkeys(self.plan.nodes, 0)
 
         def on_loaded(name: str) -> None:
-            if progress is not None:
-                with lock:
+            with lock:
+                reported[name] += 1
+                if progress is not None:
                     progress(name, next(loaded), total)
 
         self._join_ray()
@@ -87,6 +89,9 @@ class Executor:
         except BaseException:
             self.stop(drain=False)
             raise
+        for name in self._shared:  # loaded before, by another pipeline: reported now
+            for _ in range(len(self.plan.nodes[name].instances) - reported[name]):
+                on_loaded(name)
         self._dataflows.clear()
         self._dataflow_for(None)  # fail early on a bad condition
         self._started = True
