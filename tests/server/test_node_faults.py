@@ -1,6 +1,8 @@
 """A node that dies is contained, and a queued request is rejected at its own deadline (issue 8,
 kinds 1 and 2), against a real server with the `test_fragile` kind (tests/server/fragile_kind.py)
-and real KServe clients."""
+and real KServe clients. A lost streaming instance is restarted the same way: the `test_words`
+kind (tests/server/stream_kind.py) raising KeyboardInterrupt, and an llm node whose engine step
+thread is killed (tests/server/llm_fault_kind.py)."""
 
 from __future__ import annotations
 
@@ -162,3 +164,57 @@ def test_a_lost_streaming_instance_fails_its_streams_and_is_restarted(fragile_st
     _restarted(srv, "talk", restarts)
     answer = _say(srv, "back again")
     assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == ["echo: back again"]
+
+
+def test_an_llm_whose_engine_thread_dies_fails_its_streams_and_is_restarted(tmp_path):
+    """The LLM engine's step thread killed under two streams: both fail naming the node (they
+    used to wait forever), the instance reloads onto a fresh engine, and serving goes on."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    srv = start_server([str(DATA / "dying_llm.yaml")], "--api-key", API_KEY,
+                       log=tmp_path / "serve.log", module="tests.server.llm_fault_kind")  # fmt: skip
+    try:
+        restarts = _metric(srv, "pipectl_node_instance_restarts_total", "generate")
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        responses: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: responses.put((result, error)),
+                            headers=AUTH)  # fmt: skip
+
+        def send(text: str, request_id: str) -> None:
+            prompt = grpcclient.InferInput("prompt", [1, 1], "BYTES")
+            prompt.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+            limit = grpcclient.InferInput("max_tokens", [1, 1], "INT64")
+            limit.set_data_from_numpy(np.array([[400]], dtype=np.int64))
+            client.async_stream_infer("dying", [prompt, limit], request_id=request_id)
+
+        try:
+            send("Tell me a long story about the sea.", "long")
+            first = responses.get(timeout=120)[1]
+            assert first is None, first.message()  # under way
+            send("Now DIE, please.", "die")
+            errors = {}
+            while len(errors) < 2:
+                _, error = responses.get(timeout=120)
+                if error is not None:
+                    errors[error.message().split("request '")[1].split("'")[0]] = error.message()
+        finally:
+            client.stop_stream()
+            client.close()
+        assert set(errors) == {"long", "die"}
+        for request_id, message in errors.items():
+            lost = f"node 'generate' instance 0 was lost while computing request '{request_id}'"
+            assert lost in message, message
+            assert "step loop died" in message or "KeyboardInterrupt" in message, message
+        _restarted(srv, "generate", restarts)
+        answer = _say_to(srv, "dying", "Hello again")
+        assert answer.status_code == 200, answer.text
+    finally:
+        stop_server(srv)
+
+
+def _say_to(srv, model: str, prompt: str) -> requests.Response:
+    body = {"inputs": [{"name": "prompt", "shape": [1, 1], "datatype": "BYTES", "data": [prompt]},
+                       {"name": "max_tokens", "shape": [1, 1], "datatype": "INT64", "data": [4]}]}  # fmt: skip
+    url = f"http://{srv.http_url}/v2/models/{model}/infer"
+    return requests.post(url, json=body, headers=AUTH, timeout=120)
