@@ -35,12 +35,16 @@ from bench.rag_shared import rss_mib
 VARIANTS = ("shared", "separate", "shared2")
 
 
-def plans(variant: str) -> list:
+def plans(variant: str, threads: int | None = None) -> list:
     """The two pipelines: identical nodes (shared; shared2: with two instances per node), or
     the second's batching changed (separate: one instance per node and pipeline)."""
     from engine.compiler import compile_file
 
     base = compile_file(ROOT / "pipelines" / "search.yaml")
+    if threads:  # the encoder's intra-op threads (torch's default: one per core)
+        encode = base.nodes["encode"]
+        params = encode.params.model_copy(update={"threads": threads})
+        base = replace(base, nodes={**base.nodes, "encode": replace(encode, params=params)})
     if variant == "shared2":
         nodes = {n: replace(node, instances=node.instances * 2) for n, node in base.nodes.items()}
         base = replace(base, nodes=nodes)
@@ -72,7 +76,7 @@ async def drive(executors: list, queries: list[str], clients: int) -> list[float
     return latencies
 
 
-def child(variant: str, queries: int, clients: int) -> None:
+def child(variant: str, queries: int, clients: int, threads: int | None) -> None:
     import numpy as np
 
     # two instances load in two threads at once, and transformers' lazy module is not safe to
@@ -84,7 +88,7 @@ def child(variant: str, queries: int, clients: int) -> None:
     from engine.instance import instance_loads
 
     before = rss_mib()
-    executors = [Executor(plan) for plan in plans(variant)]
+    executors = [Executor(plan) for plan in plans(variant, threads)]
     for executor in executors:
         executor.start()
     loaded = rss_mib()
@@ -114,17 +118,19 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each variant (medians)")
+    parser.add_argument("--encoder-threads", type=int, help="the encoder's threads param")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        child(args.variant, args.queries, args.clients)
+        child(args.variant, args.queries, args.clients, args.encoder_threads)
         return
     rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     order = [*VARIANTS, *reversed(VARIANTS)] * ((args.rounds + 1) // 2)
     for variant in order[: len(VARIANTS) * args.rounds]:  # A B C C B A: drift in load cancels
         out = subprocess.run(
             [sys.executable, __file__, "--variant", variant, "--queries", str(args.queries),
-             "--clients", str(args.clients)],
+             "--clients", str(args.clients),
+             *(["--encoder-threads", str(args.encoder_threads)] if args.encoder_threads else [])],
             cwd=ROOT, capture_output=True, text=True, check=True,
         )  # fmt: skip
         rows[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
