@@ -1,10 +1,10 @@
 """The LLM engine's decode step at batch 64 against its matmul bound, and where the step goes.
 
     .venv/bin/python bench/llm_step.py [--dtype fp32] [--quantization none] [--threads 1]
-        [--attention-backend auto] [--compare-attention torch]
+        [--attention-backend auto] [--compare-attention torch] [--batch 64]
 
-64 prompts of ~100 tokens are prefilled, then decode steps (one token for each of the 64
-sequences, sampling included) are timed. The matmul bound is the same step's linear layers and
+64 prompts of ~100 tokens (`--batch`) are prefilled, then decode steps (one token for each
+sequence, sampling included) are timed. The matmul bound is the same step's linear layers and
 LM head alone: the model's own projection callables (packed weights, same threads) run on random
 [64, K] inputs back to back. Steps and bound alternate in rounds so both see the same machine
 load; medians are printed with their ratio (issue 13's target: within 1.4x). Then
@@ -130,14 +130,15 @@ def main() -> None:
     ap.add_argument("--quantization", default="none")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=64, help="decoding sequences")
     ap.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
     ap.add_argument("--compare-attention", choices=["torch"], help="also time steps on torch ops")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    engine = decoding_engine(args.dtype, args.quantization, args.threads,
+    engine = decoding_engine(args.dtype, args.quantization, args.threads, args.batch,
                              attention_backend=args.attention_backend)  # fmt: skip
     kernel = "C kernels" if engine.runner.cpu_kernel else "torch ops"
-    runs = {f"step ({kernel})": engine.step, "matmul bound": matmul_bound(engine)}
+    runs = {f"step ({kernel})": engine.step, "matmul bound": matmul_bound(engine, args.batch)}
     if args.compare_attention:
         runs["step (torch ops)"] = on_torch_ops(engine)
     times = {name: ([], []) for name in runs}
@@ -151,9 +152,9 @@ def main() -> None:
     bound, bound_cpu = (statistics.median(t) for t in times["matmul bound"])
     for name, (wall, cpu) in times.items():
         step, step_cpu = statistics.median(wall), statistics.median(cpu)
-        print(f"{name} at 64: median {step * 1e3:.0f} ms (min {min(wall) * 1e3:.0f}), CPU "
+        print(f"{name} at {args.batch}: median {step * 1e3:.0f} ms (min {min(wall) * 1e3:.0f}), CPU "
               f"{step_cpu * 1e3:.0f} ms; / bound {step / bound:.2f}x, CPU {step_cpu / bound_cpu:.2f}x; "
-              f"{64 / step:.1f} tokens/s")  # fmt: skip
+              f"{args.batch / step:.1f} tokens/s")  # fmt: skip
     start = time.perf_counter()
     shares = breakdown(engine)
     wall = time.perf_counter() - start
