@@ -31,7 +31,7 @@ from torch.profiler import record_function
 
 log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(f) for f in ("paged_attention.c", "fused_ops.c"))
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")  # compile only: see _build
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -133,8 +133,16 @@ def _build(compiler: str, head_dim: int) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: atomic
-        built = Path(tmp) / target.name
-        subprocess.run([compiler, *flags, "-o", str(built), *map(str, SOURCES), "-lm"],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
+        built, objects = Path(tmp) / target.name, []
+        for source in SOURCES:
+            objects.append(str(Path(tmp) / f"{source.stem}.o"))
+            _run([compiler, *flags, "-c", "-o", objects[-1], str(source)])
+        # linked without -ffast-math: with it gcc adds crtfastmath.o, whose constructor turns on
+        # flush-to-zero for the whole process (torch's denormals included) when the library loads
+        _run([compiler, "-shared", "-o", str(built), *objects, "-lm"])
         os.replace(built, target)
     return target
+
+
+def _run(command: list[str]) -> None:
+    subprocess.run(command, check=True, capture_output=True, timeout=120)

@@ -95,6 +95,20 @@ def test_engine_greedy_tokens_are_the_same_with_either_backend(tiny_model_dir):
         kernel.shutdown()
 
 
+@needs_compiler
+def test_loading_the_kernel_keeps_denormals(tmp_path, monkeypatch):
+    # gcc links crtfastmath.o into a -ffast-math shared library, which sets flush-to-zero for the
+    # whole process when it loads; the kernel is linked without it
+    load_kernel.cache_clear()
+    monkeypatch.setenv("PIPECTL_KERNEL_CACHE", str(tmp_path))
+    try:
+        assert load_kernel(48) is not None
+        tiny = torch.tensor([1e-40])
+        assert (tiny * 1.0).item() > 0.0
+    finally:
+        load_kernel.cache_clear()
+
+
 def test_attention_backend_is_checked():
     with pytest.raises(ValueError, match="attention_backend 'flash'.*auto, torch, cpu_kernel"):
         EngineConfig(attention_backend="flash")
