@@ -97,6 +97,9 @@ def test_two_pipelines_load_the_encoder_once_and_share_its_queue(client, server)
     before = node_successes(client, "docs.encode")
     embed(client, "faq", "close the file")  # through the other pipeline's node...
     assert node_successes(client, "docs.encode") == before + 1  # ...one queue, one count
+    client.load_model("docs", headers=AUTH)  # a reload of an unchanged file: nothing loads anew
+    assert metric(server, "pipectl_instance_loads_total", 'kind="encoder"') == 1.0
+    assert embed(client, "docs", "open a file").tobytes() == docs.tobytes()
 
 
 def test_unload_one_keeps_the_other_and_the_last_frees_it(client, server):
