@@ -19,7 +19,8 @@ import numpy as np
 from engine.errors import InvalidInput
 from engine.server import tensors
 from nodes.errors import InvalidRequest
-from nodes.llm.chat import check_role
+from nodes.llm.chat import check_messages
+from nodes.llm.sampling import check_pairs
 from nodes.llm.structured import canonical_response_format
 
 
@@ -74,6 +75,14 @@ def _response_format(name: str, value: Any) -> str | None:
         raise InvalidInput(f"'{name}' must be an object {{'type': ...}}, not {value!r:.60}")
     try:
         return canonical_response_format(value)
+    except InvalidRequest as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _pairs(max_tokens: int, min_tokens: int, logprobs: bool, top_logprobs: int) -> None:
+    """The llm node's own check of fields that bind each other (nodes/llm/sampling.py)."""
+    try:
+        check_pairs(max_tokens, min_tokens, logprobs, top_logprobs)
     except InvalidRequest as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -139,8 +148,8 @@ def check_fields(body: dict, *, chat: bool) -> None:
     if body.get("stream") is not None:
         _boolean("stream", body["stream"])
     low, high = body.get("min_tokens"), body.get("max_completion_tokens", body.get("max_tokens"))
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) and low > high:
-        raise InvalidInput(f"'min_tokens' ({low}) must be at most 'max_tokens' ({high})")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        _pairs(high, low, True, 0)
     if body.get("echo") not in (None, False):
         raise _refuse("echo", "the prompt is not repeated in the answer")
     options = body.get("stream_options")
@@ -181,48 +190,14 @@ def check_dimensions(body: dict, model: str, dim: int) -> None:
         raise _refuse("dimensions", f"pipeline {model!r} returns {dim} dimensions, got {asked}")
 
 
-def _content(where: str, content: Any) -> str:
-    """A message's content as text: a string, or a list of text parts (OpenAI's
-    `{"type": "text", "text": ...}`); any other part (image, audio, file) is refused by name."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidInput(
-            f"'{where}' must be a string or a list of text parts, not {content!r:.60}"
-        )
-    texts = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            kind = part.get("type") if isinstance(part, dict) else part
-            raise _refuse(f"{where}[{j}]", f"only text parts, got {kind!r:.40}")
-        if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
-            raise InvalidInput(f"'{where}[{j}]' must be {{'type': 'text', 'text': str}}")
-        texts.append(part["text"])
-    return "".join(texts)
-
-
 def chat_messages(messages: Any) -> list[dict[str, str]]:
-    """`messages` checked and flattened to [{"role", "content": str}]. Each message needs a
-    `role` of nodes.llm.chat.CHAT_ROLES and a `content`; any other key (`name`, `tool_calls`...) is refused by name.
+    """`messages` checked and flattened to [{"role", "content": str}] by the llm node's own check
+    (nodes.llm.chat.check_messages), so /v1 and the `messages` input accept the same chats.
     Raises InvalidInput naming `messages[i].field`."""
-    if not isinstance(messages, list) or not messages:
-        raise InvalidInput("'messages' must be a non-empty list")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise InvalidInput(f"'{where}' must be an object with 'role' and 'content'")
-        for key in m:
-            if key not in ("role", "content"):
-                raise _refuse(f"{where}.{key}", "a message has only 'role' and 'content' here")
-        try:
-            check_role(i, m.get("role"))
-        except InvalidRequest as exc:
-            raise InvalidInput(str(exc)) from None
-        if "content" not in m:
-            raise InvalidInput(f"'{where}.content' is missing")
-        out.append({"role": m["role"], "content": _content(f"{where}.content", m["content"])})
-    return out
+    try:
+        return check_messages(messages)
+    except InvalidRequest as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def logprobs_wanted(body: dict, *, chat: bool) -> tuple[bool, int]:
@@ -232,8 +207,7 @@ def logprobs_wanted(body: dict, *, chat: bool) -> tuple[bool, int]:
         on = False if on is None else _boolean("logprobs", on)
         top = body.get("top_logprobs")
         top = 0 if top is None else _integer(0, 20)("top_logprobs", top)
-        if top and not on:
-            raise InvalidInput("'top_logprobs' needs 'logprobs': true")
+        _pairs(1, 0, on, top)
         return on, top
     if body.get("top_logprobs") is not None:
         raise _refuse("top_logprobs", "completions take 'logprobs': N (0..5) instead")

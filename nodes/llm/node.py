@@ -166,8 +166,6 @@ def _overrides(item: Item) -> dict:
                 )
             else:
                 overrides[name] = _CAST[dtype](values[0])
-    if overrides.get("top_logprobs"):
-        overrides["logprobs"] = True
     return overrides
 
 
@@ -240,7 +238,7 @@ class LLMNode(Node):
         # one engine per (model file, engine config) in the process: see nodes/llm/shared.py
         self.engine = shared.acquire(path, self.params.engine_config(device))
         self.dtype = self.engine.dtype
-        self.engine.generate(["Hello"], self.params.sampling(max_tokens=1))  # warm up
+        self.engine.generate(["Hello"], self.params.sampling(max_tokens=1, min_tokens=0))  # warm up
 
     def _request(self, item: Item):
         """(prompt token ids, sampling params) of one input item; a bad value raises

@@ -60,10 +60,24 @@ class SamplingParams:
             if not ok:
                 got = getattr(self, field)
                 raise InvalidRequest(f"{field} must be {rule}, got {got!r}", field=field)
+        check_pairs(self.max_tokens, self.min_tokens, self.logprobs, self.top_logprobs)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def check_pairs(max_tokens: int, min_tokens: int, logprobs: bool, top_logprobs: int) -> None:
+    """The sampling fields that bind each other, one check for /v1 and the llm node's inputs
+    (vLLM's SamplingParams and OpenAI's API): min_tokens at most max_tokens, top_logprobs only
+    with logprobs. Raises InvalidRequest naming the field, never clips or drops it."""
+    if min_tokens > max_tokens:
+        raise InvalidRequest(
+            f"'min_tokens' ({min_tokens}) must be at most 'max_tokens' ({max_tokens})",
+            field="min_tokens",
+        )
+    if top_logprobs and not logprobs:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs': true", field="top_logprobs")
 
 
 def apply_penalties(logits: torch.Tensor, token_ids: list[int], num_prompt: int, params) -> None:
