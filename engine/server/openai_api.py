@@ -5,12 +5,15 @@ else `prompt` (the last user message), else the pipeline's only required BYTES i
 goes to `prompt`, else `messages` (as one user message), else that BYTES input. Sampling fields
 (max_tokens, temperature, top_p, seed, stop, penalties, logprobs, ...) go to the pipeline inputs
 of their names, which every pipeline with an `llm` node has; see openai_fields.py for what is
-honoured and what is refused by name. The answer is the first streamed BYTES output (the LLM's tokens),
-else the first BYTES output. `usage` comes from pipeline outputs `prompt_tokens` and
-`completion_tokens` when the pipeline has them (and `finish_reason` from an output of that
-name); otherwise completion tokens count the streamed deltas (one per token from the llm node)
-and prompt tokens are reported as 0.
-Embeddings use the first FP32 vector output (one dimension, not of size 1).
+honoured and what is refused by name. The answer is the first BYTES output streamed by a
+generating node (an llm node's `text`); a pipeline without one does not generate text and is
+refused with a 400 naming it (as vLLM refuses a model that is not a generator). `usage` comes
+from pipeline outputs `prompt_tokens` and `completion_tokens` when the pipeline has them (and
+`finish_reason` from an output of that name); otherwise completion tokens count the streamed
+deltas (one per token from the llm node) and prompt tokens are reported as 0.
+Embeddings use the FP32 vector output (one dimension, not of size 1) named `embedding` or fed by
+a node's `embedding` port (an encoder's), else the only FP32 vector output; anything else is
+refused naming the candidates.
 """
 
 from __future__ import annotations
@@ -86,15 +89,45 @@ def build_inputs(model: ServedModel, body: dict, *, chat: bool) -> dict[str, np.
 
 
 def text_output(model: ServedModel) -> str:
-    """The answer: the first streamed BYTES output (the LLM's tokens; not its token_logprobs),
-    else the first BYTES output."""
-    names = [n for n in model.outputs if n != LOGPROBS_OUTPUT and model.outputs[n].dtype == "BYTES"]
-    for name in names:
-        if name in model.streamed:
+    """The answer: the first BYTES output streamed by a generating node (the LLM's tokens; not
+    its token_logprobs). InvalidInput naming the pipeline and its outputs when it has none: a
+    pipeline that does not generate (search keys, a python node's texts) has no answer to give,
+    nor token counts."""
+    for name, spec in model.outputs.items():
+        if name in model.streamed and name != LOGPROBS_OUTPUT and spec.dtype == "BYTES":
             return name
-    if names:
-        return names[0]
-    raise InvalidInput(f"pipeline {model.name!r} has no text output")
+    outputs = ", ".join(f"{n} ({s.dtype})" for n, s in model.outputs.items())
+    raise InvalidInput(
+        f"pipeline {model.name!r} does not generate text: chat and completions need an output "
+        f"streamed by a generating node, such as an llm node's 'text' (its outputs: {outputs})"
+    )
+
+
+def embedding_output(model: ServedModel) -> str:
+    """The output /v1/embeddings returns: among the FP32 vector outputs, the one named
+    `embedding` or fed by a node's `embedding` port (an encoder's), else the only one.
+    InvalidInput naming the candidates otherwise: a search's scores are no embedding."""
+    vectors = [
+        n
+        for n, s in model.outputs.items()
+        if s.dtype == "FP32" and len(s.shape) == 1 and s.shape[0] != 1
+    ]
+    if not vectors:
+        raise InvalidInput(f"pipeline {model.name!r} has no FP32 vector output to embed with")
+    sources = model.plan.outputs
+    named = [
+        n for n in vectors if n == "embedding" or (n in sources and sources[n].port == "embedding")
+    ]
+    if len(named) == 1:
+        return named[0]
+    if len(vectors) == 1:
+        return vectors[0]
+    which = f"{len(named)} of them ({', '.join(named)}) are" if named else "none is"
+    raise InvalidInput(
+        f"pipeline {model.name!r} has {len(vectors)} FP32 vector outputs ({', '.join(vectors)}) "
+        f"and {which} an embedding: /v1/embeddings takes the output named 'embedding' or fed "
+        "by a node's 'embedding' port (an encoder's), or the only FP32 vector output"
+    )
 
 
 async def read_body(request: web.Request) -> dict:
@@ -128,8 +161,8 @@ async def completion(repo: Repository, request: web.Request, *, chat: bool) -> w
     body = await read_body(request)
     openai_fields.check_fields(body, chat=chat)
     model = pipeline(repo, body)
+    out_name = text_output(model)  # first: a pipeline that does not generate is refused as such
     inputs = build_inputs(model, body, chat=chat)
-    out_name = text_output(model)
     extra = [n for n in (*USAGE_OUTPUTS, "finish_reason") if n in model.outputs]
     wanted = [out_name, *extra]
     if "logprobs" in inputs:
@@ -160,7 +193,7 @@ async def completions(repo: Repository, request: web.Request) -> web.StreamRespo
 
 
 async def embeddings(repo: Repository, request: web.Request) -> web.Response:
-    """POST /v1/embeddings: each input text through the pipeline's first FP32 vector output."""
+    """POST /v1/embeddings: each input text through the pipeline's `embedding_output`."""
     body = await read_body(request)
     openai_fields.check_embedding_fields(body)
     model = pipeline(repo, body)
@@ -169,20 +202,14 @@ async def embeddings(repo: Repository, request: web.Request) -> web.Response:
         texts = [texts]
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise InvalidInput("'input' must be a string or a non-empty list of strings")
-    vectors = [
-        n
-        for n, s in model.outputs.items()
-        if s.dtype == "FP32" and len(s.shape) == 1 and s.shape[0] != 1
-    ]
-    if not vectors:
-        raise InvalidInput(f"pipeline {model.name!r} has no FP32 vector output to embed with")
+    vector = embedding_output(model)
     name = next((n for n in ("text", "input") if n in model.inputs), None) or _bytes_input(model)
     spec = model.inputs[name]
     shape = [len(texts), *[1 for _ in spec.shape]]
     inputs = {name: tensors.from_json(name, "BYTES", shape, texts)}
     options = RequestOptions(traceparent=request.headers.get("traceparent"))
-    out = await repo.infer(model.name, inputs, [vectors[0]], options=options)
-    matrix = out[vectors[0]].astype(np.float32).reshape(len(texts), -1)
+    out = await repo.infer(model.name, inputs, [vector], options=options)
+    matrix = out[vector].astype(np.float32).reshape(len(texts), -1)
     openai_fields.check_dimensions(body, model.name, matrix.shape[1])
     b64 = body.get("encoding_format") == "base64"
     data = [
