@@ -72,3 +72,35 @@ def model_spec(
     }
     # JSON is YAML: the spec goes through the same parser, checks and line-less errors as a file
     return parse_spec(json.dumps(spec, indent=1), f"--model {model}", base_dir=str(base_dir))
+
+
+# the flag behind each field of the generated pipeline: its errors name the flag, not a line of
+# a file the user never wrote
+FLAGS = {
+    "name": "--served-model-name",
+    "nodes.generate.params.model": "--model",
+    "nodes.generate.params.dtype": "--dtype",
+    "nodes.generate.params.quantization": "--quantization",
+    "nodes.generate.params.max_model_len": "--max-model-len",
+    "nodes.generate.params.kv_cache_bytes": "--kv-cache-bytes",
+    "nodes.generate.params.speculative": "--speculative-config",
+    "defaults.placement.device": "--device",
+}
+
+
+def flag_problems(exc: Exception) -> list[str]:
+    """The errors of a `--model` pipeline that failed to compile, each naming its flag
+    ("--max-model-len: Input should be greater than or equal to 2 (got 0)")."""
+    problems = []
+    for issue in getattr(exc, "issues", None) or ():
+        if issue.severity != "error":
+            continue
+        flag = next((f for p, f in FLAGS.items() if issue.path == p or
+                     issue.path.startswith(p + ".")), "")  # fmt: skip
+        message = issue.message
+        if flag:
+            field = issue.path.rpartition(".")[2]
+            message = message.removeprefix(f"{field}: ")
+        hint = f" ({issue.hint})" if issue.hint else ""
+        problems.append(f"{flag or issue.path or '--model'}: {message}{hint}")
+    return problems or [str(exc)]

@@ -153,8 +153,7 @@ def _size(text: str) -> int:
 
 def _model_plan(args: argparse.Namespace):
     """The Plan of `--model` (None after printing the problems)."""
-    from engine.commands.model_pipeline import model_spec
-    from engine.commands.validate import report
+    from engine.commands.model_pipeline import flag_problems, model_spec
     from engine.compiler import compile_spec
     from engine.errors import GraphError, PlacementError, SpecError
     from nodes.paths import resolve_path
@@ -178,7 +177,8 @@ def _model_plan(args: argparse.Namespace):
             )
         )  # fmt: skip
     except (SpecError, GraphError, PlacementError) as exc:
-        report(f"--model {args.model}", exc)
+        for problem in flag_problems(exc):
+            print(f"pipectl serve: {problem}", file=sys.stderr)
     return None
 
 

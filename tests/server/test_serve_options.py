@@ -2,7 +2,7 @@
 a server, naming each. They used to start a server anyway: --max-request-mb -1 (every request
 then refused), --drain-timeout -1, --repository-poll-secs 0 (a busy loop), --load-model without
 explicit model control (ignored), --served-model-name '' (ignored), and a --model path that does
-not exist (a server that stayed up, never ready)."""
+not exist (a server that stayed up, never ready). A flag's bad value names the flag."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ CASES = [
     ("no-model-file", ["--model", "/nonexistent/model.gguf"], 1,
      "--model /nonexistent/model.gguf: no such file or folder"),
     ("no-package", ["--model", "pkg:no_such_pkg/m.gguf"], 1, "package 'no_such_pkg' is not installed"),
+    # a flag's bad value names the flag, not a line of the pipeline it generates
+    ("max-model-len", ["--model", SMOL, "--max-model-len", "0"], 1,
+     "pipectl serve: --max-model-len: Input should be greater than or equal to 2 (got 0)"),
+    ("kv-cache-bytes", ["--model", SMOL, "--kv-cache-bytes", "1KiB"], 1,
+     "pipectl serve: --kv-cache-bytes: Input should be greater than or equal to 65536"),
+    ("served-name", ["--model", SMOL, "--served-model-name", "a b"], 1,
+     "pipectl serve: --served-model-name: String should match pattern"),
 ]  # fmt: skip
 
 
