@@ -69,6 +69,7 @@ class RequestRun(Ticket):
         "active",
         "cache_keys",
         "caches",
+        "compute_ns",
         "dataflow",
         "deadline_ns",
         "events",
@@ -78,6 +79,7 @@ class RequestRun(Ticket):
         "options",
         "pending",
         "priority",
+        "queue_ns",
         "refcounts",
         "remaining",
         "request_id",
@@ -111,6 +113,7 @@ class RequestRun(Ticket):
         self.deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9) if timeout_s else 0
         tracing = self.tracing = options.trace
         self.trace: list[NodeTrace] = []
+        self.queue_ns = self.compute_ns = 0  # summed over this request's nodes
         self.launched: dict[str, int] | None = {} if tracing else None  # node: monotonic ns
         self.values: dict[str, np.ndarray] = {}
         self.pending = dict(dataflow.pending)
@@ -264,6 +267,8 @@ class RequestRun(Ticket):
         """A node finished this request: store what it made and launch what that unblocks."""
         if self.cache_keys is not None and name in self.cache_keys:
             self.caches[name].cache.put(self.cache_keys.pop(name), outputs)  # type: ignore[index]
+        self.queue_ns += queue_ns
+        self.compute_ns += compute_ns
         if self.tracing:
             self._traced(name, outputs, queue_ns, batch_size, compute_ns, instance)
         self.active.discard(name)
@@ -316,7 +321,7 @@ class RequestRun(Ticket):
         outputs = {
             name: values[key] for name, key in self.dataflow.outputs.items() if key in values
         }
-        result = Result(self.request_id, outputs, self.trace)
+        result = Result(self.request_id, outputs, self.trace, self.queue_ns, self.compute_ns)
         if self.events is not None:
             final = {}
             for name, value in outputs.items():

@@ -37,11 +37,15 @@ class NodeTrace:
 @dataclass(slots=True)
 class Result:
     """The outputs of one request (an output whose node was skipped is missing) and its trace
-    (empty unless asked for), in the order the nodes finished."""
+    (empty unless asked for), in the order the nodes finished. `queue_ns` and `compute_ns`
+    (always kept) sum this request's time queued and computing over its nodes, in ns: a
+    pipeline's own statistics add these, never its shared nodes' totals."""
 
     request_id: str
     outputs: dict[str, np.ndarray]
     trace: list[NodeTrace] = field(default_factory=list)
+    queue_ns: int = 0
+    compute_ns: int = 0
 
 
 @dataclass(slots=True)

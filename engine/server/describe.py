@@ -207,8 +207,10 @@ def _cache_stats(cache) -> dict:
 
 
 def model_statistics(repo: Repository, model: ServedModel) -> dict:
-    """Triton ModelStatistics: request counters; queue and compute summed over the nodes; cache
-    hits and misses of the model's response cache (a node model's: its node's)."""
+    """Triton ModelStatistics: request counters; a pipeline's queue and compute are its own
+    requests' times summed over their nodes (an ensemble's in Triton), a node model's are the
+    node's over every request it served (shared nodes: every sharer's); cache hits and misses
+    of the model's response cache (a node model's: its node's)."""
     if model.node is not None:
         s = node_statistics(repo, model)
         return {
@@ -229,12 +231,8 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
                 for size, count in sorted(s["batch_sizes"].items())
             ],
         }
-    st = model.stats
-    queue_ns = compute_ns = 0
-    for node in model.plan.nodes:
-        s = node_statistics(repo, model.family.models[f"{model.name}.{node}"])
-        queue_ns += s["queue_ns"]
-        compute_ns += s["compute_ns"]
+    st = model.stats  # its own requests only: a node shared with other pipelines counts theirs
+    queue_ns, compute_ns = st.queue_ns, st.compute_ns
     return {
         "name": model.name,
         "version": model.version,
@@ -252,7 +250,21 @@ def model_statistics(repo: Repository, model: ServedModel) -> dict:
 
 
 def statistics(repo: Repository, name: str = "", version: str = "") -> dict:
-    models = [repo.get(name, version)] if name else list(repo.models.values())
+    """Triton's ModelStatistics: of `name` at `version`; without a version, of every loaded
+    version of it; without a name, of every loaded version of every model (KServe's
+    ModelStatisticsRequest)."""
+    if name and version:
+        models = [repo.get(name, version)]
+    elif name:
+        versions = repo.served_versions(name)
+        models = [repo.get(name, v) for v in versions] if versions else [repo.get(name)]
+    else:
+        models = [
+            model
+            for versions in repo.versions.values()
+            for pv in sorted(versions.values(), key=lambda v: int(v.version))
+            for model in pv.models.values()
+        ]
     return {"model_stats": [model_statistics(repo, m) for m in models]}
 
 

@@ -49,12 +49,19 @@ class ModelStats:
     inference_count: int = 0  # batch items
     execution_count: int = 0  # requests
     last_inference_ms: int = 0
+    queue_ns: int = 0  # of this model's own successful requests (shared nodes' others excluded)
+    compute_ns: int = 0
 
-    def record(self, ok: bool, items: int, elapsed_ns: int) -> None:
+    def record(self, ok: bool, items: int, elapsed_ns: int, results=()) -> None:
+        """Count one request of `items` batch items that took `elapsed_ns`; `results` (its
+        items' engine.result.Result) add its queue and compute time: the slowest item's, as
+        the items of one request run side by side."""
         if ok:
             self.success_count += 1
             self.success_ns += elapsed_ns
             self.inference_count += items
+            self.queue_ns += max((r.queue_ns for r in results), default=0)
+            self.compute_ns += max((r.compute_ns for r in results), default=0)
         else:
             self.fail_count += 1
             self.fail_ns += elapsed_ns

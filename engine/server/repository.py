@@ -227,7 +227,7 @@ class Repository:
             reraise(exc, model)
         finally:
             self._exit(model)
-        model.stats.record(True, batch, time.monotonic_ns() - started)
+        model.stats.record(True, batch, time.monotonic_ns() - started, results)
         if traced:
             self._traced(model, request_id, started, results, None, traceparent)
         return out
@@ -284,7 +284,7 @@ class Repository:
                 traced = False
             reraise(exc, model)
         finally:
-            model.stats.record(ok, 1, time.monotonic_ns() - started)
+            model.stats.record(ok, 1, time.monotonic_ns() - started, results)
             self._exit(model)
             if traced:
                 error = None if ok else Unavailable("the client went away")

@@ -102,6 +102,27 @@ def test_two_pipelines_load_the_encoder_once_and_share_its_queue(client, server)
     assert embed(client, "docs", "open a file").tobytes() == docs.tobytes()
 
 
+def stats(client, model: str) -> dict:
+    return client.get_inference_statistics(model, headers=AUTH, as_json=True)["model_stats"][0]
+
+
+def test_a_pipeline_counts_only_its_own_requests_time_on_a_shared_node(client, server):
+    def times(model: str) -> tuple[int, int, int]:
+        s = stats(client, model)["inference_stats"]
+        count = int(s["success"].get("count", 0))
+        return count, int(s["queue"].get("ns", 0)), int(s["compute_infer"].get("ns", 0))
+
+    docs, faq, node = times("docs"), times("faq"), stats(client, "faq.embed")
+    for i in range(3):  # only to docs: its encoder is faq's too
+        embed(client, "docs", f"only docs {i}")
+    docs_after, faq_after = times("docs"), times("faq")
+    assert faq_after == faq  # no request of faq's: none of its numbers moves (Triton's ensembles)
+    assert docs_after[0] == docs[0] + 3
+    assert docs_after[2] > docs[2]  # docs' own compute, counted
+    shared = stats(client, "faq.embed")  # the shared node itself counts every sharer's requests
+    assert int(shared["inference_count"]) == int(node["inference_count"]) + 3
+
+
 def test_unload_one_keeps_the_other_and_the_last_frees_it(client, server):
     client.unload_model("docs", headers=AUTH)
     wait_stopped(client, "docs")
