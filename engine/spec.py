@@ -30,6 +30,7 @@ from nodes.dtypes import DTYPES, Shape, numpy_dtype
 
 API_VERSION = "pipectl/v1"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+MAX_VERSION = 2**63 - 1  # a model version is an int64 (Triton's model_version)
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:[0-9]+)$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -141,7 +142,7 @@ class VersionPolicySpec(_Strict):
 
     policy: Literal["latest", "all", "specific"] = "latest"
     num_versions: Annotated[int, Field(ge=1)] = 1
-    versions: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    versions: list[Annotated[int, Field(ge=1, le=MAX_VERSION)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _versions_given(self) -> VersionPolicySpec:
@@ -156,7 +157,7 @@ class PipelineSpec(_Strict):
     api_version: Literal["pipectl/v1"] = Field(alias="apiVersion")
     name: Name
     description: str = ""
-    version: Annotated[int, Field(ge=1)] = 1  # the model version, for a model repository
+    version: Annotated[int, Field(ge=1, le=MAX_VERSION)] = 1  # the model version (int64, as Triton)
     version_policy: VersionPolicySpec | None = None  # read from a model's highest version
     response_cache: ResponseCacheSpec | None = None
     inputs: dict[Name, InputSpec] = Field(default_factory=dict)

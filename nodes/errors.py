@@ -34,6 +34,20 @@ class InvalidRequest(ValueError):
         super().__init__(message)
 
 
+class InvalidConfig(ValueError):
+    """A node cannot load because of what its pipeline file says (a `function` that does not
+    exist, a `max_model_len` above the model's limit): the file's author's mistake, not the
+    server's. `field` names the param at fault (e.g. "function"). The engine answers a load
+    that fails with it as 400 / INVALID_ARGUMENT naming the file, the node and the field;
+    any other load failure is the server's (500 / INTERNAL).
+
+    It subclasses ValueError so that code catching ValueError keeps catching it."""
+
+    def __init__(self, message: str, *, field: str = ""):
+        self.field = field
+        super().__init__(message)
+
+
 class InstanceLost(RuntimeError):
     """This instance of the node can serve no more: a worker it depends on died (e.g. the LLM
     engine's step thread). Not contained as one item's failure: the runner fails every request

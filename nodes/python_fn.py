@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from nodes.base import Item, Node, NodeParams, Ports
 from nodes.dtypes import as_bytes_array, numpy_dtype
+from nodes.errors import InvalidConfig
 from nodes.paths import resolve_path
 from nodes.port_spec import PortMap, tensor_specs
 
@@ -79,7 +80,13 @@ class PythonNode(Node):
 
     def load(self, device: str) -> None:
         super().load(device)
-        self._fn = load_function(self.params.function, self.base_dir)
+        try:
+            self._fn = load_function(self.params.function, self.base_dir)
+        except Exception as exc:  # the file names it: a missing file or function, a bad module
+            said = (
+                str(exc) if self.params.function in str(exc) else f"{self.params.function}: {exc}"
+            )
+            raise InvalidConfig(f"{type(exc).__name__}: {said}", field="function") from exc
 
     def run_batch(self, items: list[Item]) -> list[Item]:
         if self._fn is None:

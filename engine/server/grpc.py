@@ -16,7 +16,7 @@ from engine.options import RequestOptions
 from engine.server import describe, tensors
 from engine.server.auth import ApiKey
 from engine.server.kserve_body import NOT_SUPPORTED
-from engine.server.model_control import model_control
+from engine.server.model_control import check_repository_name, model_control
 from engine.server.repository import Repository, ServedModel
 from nodes.dtypes import kserve_dtype
 from protos import grpc_service_pb2 as pb
@@ -179,11 +179,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return _parse(pb.ModelStatisticsResponse, stats)
 
     async def RepositoryIndex(self, request, context):
+        try:
+            check_repository_name(self.repo, request.repository_name)
+        except RequestError as exc:
+            await self._abort(context, exc)
         index = describe.repository_index(self.repo, ready_only=request.ready)
         return _parse(pb.RepositoryIndexResponse, {"models": index})
 
     async def RepositoryModelLoad(self, request, context):
         try:
+            check_repository_name(self.repo, request.repository_name)
             control = model_control(self.repo, "load", _repository_parameters(request))
             await control.load(request.model_name)
         except RequestError as exc:
@@ -192,6 +197,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelUnload(self, request, context):
         try:
+            check_repository_name(self.repo, request.repository_name)
             control = model_control(self.repo, "unload", _repository_parameters(request))
             await control.unload(request.model_name)
         except RequestError as exc:

@@ -30,7 +30,9 @@ from pathlib import Path
 import yaml
 
 from engine.errors import InvalidInput, NodeError, NotFound, PipelineError, RequestError
+from engine.server.load_errors import describe_compile_error, load_failure
 from engine.server.versions import UNAVAILABLE, UNLOADING, PipelineVersion, build_version
+from engine.spec import MAX_VERSION  # a model version is an int64, as in Triton
 
 MODES = ("none", "explicit", "poll")
 
@@ -44,6 +46,20 @@ class ModelFile:
     path: Path
     stamp: tuple  # (mtime_ns, size, sha256): a changed file has a new stamp
     layout: str  # "file" (DIR/x.yaml) or "folder" (DIR/NAME/N/pipeline.yaml)
+    # other files claiming the same name and version: the version is refused while any exists
+    # (Triton's model names are unique in a repository; never silently pick one of them)
+    duplicates: tuple[Path, ...] = ()
+
+    def conflict(self) -> str:
+        """Why this version cannot load because other files claim it ("" when none do)."""
+        if not self.duplicates:
+            return ""
+        files = ", ".join(str(p) for p in (self.path, *self.duplicates))
+        return (
+            f"model {self.name!r} version {self.version} is defined by {len(self.duplicates) + 1} "
+            f"files: {files}; a name and version must be unique in the repository (rename or "
+            "renumber all but one)"
+        )
 
 
 def _stamp(path: Path) -> tuple:
@@ -52,8 +68,20 @@ def _stamp(path: Path) -> tuple:
     return (st.st_mtime_ns, st.st_size, hashlib.sha256(data).hexdigest())
 
 
+def _add(found: dict[str, dict[int, ModelFile]], model_file: ModelFile) -> None:
+    """Record a version; a second file claiming it is kept as a duplicate, never dropped."""
+    versions = found.setdefault(model_file.name, {})
+    first = versions.get(model_file.version)
+    if first is None:
+        versions[model_file.version] = model_file
+    else:
+        duplicates = (*first.duplicates, model_file.path)
+        versions[model_file.version] = dataclasses.replace(first, duplicates=duplicates)
+
+
 def scan(directory: Path) -> dict[str, dict[int, ModelFile]]:
-    """Every model version in the folder: name -> version -> file."""
+    """Every model version in the folder: name -> version -> file (with the other files, if
+    any, that claim the same name and version)."""
     found: dict[str, dict[int, ModelFile]] = {}
     for path in sorted(directory.glob("*.y*ml")):
         try:
@@ -63,15 +91,13 @@ def scan(directory: Path) -> dict[str, dict[int, ModelFile]]:
         data = data if isinstance(data, dict) else {}
         name = data.get("name") if isinstance(data.get("name"), str) else path.stem
         version = data.get("version", 1)
-        version = version if isinstance(version, int) and version >= 1 else 1
-        found.setdefault(name, {})[version] = ModelFile(name, version, path, _stamp(path), "file")
+        version = version if isinstance(version, int) and 1 <= version <= MAX_VERSION else 1
+        _add(found, ModelFile(name, version, path, _stamp(path), "file"))
     for path in sorted(directory.glob("*/[0-9]*/pipeline.y*ml")):
         folder = path.parent
-        if folder.name.isdigit() and int(folder.name) >= 1:
+        if folder.name.isdigit() and 1 <= int(folder.name) <= MAX_VERSION:
             name, version = folder.parent.name, int(folder.name)
-            found.setdefault(name, {})[version] = ModelFile(
-                name, version, path, _stamp(path), "folder"
-            )
+            _add(found, ModelFile(name, version, path, _stamp(path), "folder"))
     return found
 
 
@@ -139,11 +165,13 @@ class ModelControl:
         async with lock:
             files = await self._scan()
             if name not in files:
+                self._refuse_node_model("load", name)
                 there = ", ".join(sorted(files)) or "(none)"
                 raise NotFound(f"no model {name!r} in the model repository {self.directory}; "
                                f"models there: {there}")  # fmt: skip
             versions = files[name]
             self._seen[name] = _signature(versions)
+            self._forget_missing(name, versions)
             loaded, errors = [], []
             for version in wanted_versions(versions):
                 pv, error = await self._load_version(versions[version])
@@ -165,6 +193,7 @@ class ModelControl:
             if table is None:
                 if name in await self._scan():
                     return  # in the folder but not loaded: nothing to do (as Triton)
+                self._refuse_node_model("unload", name)
                 raise NotFound(f"model {name!r} is neither loaded nor in {self.directory}")
             self.repo.route(name)
             self.managed.discard(name)
@@ -173,26 +202,42 @@ class ModelControl:
                 self._retire(pv)
             self.say(f"unloading {name!r} (versions {', '.join(sorted(table, key=int))})")
 
+    def _refuse_node_model(self, action: str, name: str) -> None:
+        """A `PIPELINE.NODE` model is one of a pipeline's composing models: it loads and
+        unloads with its pipeline, never alone (InvalidInput saying which to use)."""
+        pipeline, _, node = name.partition(".")
+        if node and any(name in pv.models for pv in self.repo.versions.get(pipeline, {}).values()):
+            raise InvalidInput(
+                f"cannot {action} {name!r} alone: it is node {node!r} of pipeline {pipeline!r} "
+                f"and loads and unloads with it; {action} {pipeline!r}"
+            )
+
+    def _forget_missing(self, name: str, versions: dict[int, ModelFile]) -> None:
+        """Drop the index's failed or unloaded entries of versions no longer in the folder:
+        the index lists what the repository holds (Triton), not what it once held."""
+        for key in [k for k in self.repo.unavailable if k[0] == name]:
+            if int(key[1]) not in versions:
+                del self.repo.unavailable[key]
+
     # ---- loading and switching -----------------------------------------------------------------
     async def _load_version(self, model_file: ModelFile) -> tuple[PipelineVersion | None, tuple]:
         """(the loaded version, ()) or (None, (version, reason, error type))."""
         name, version = model_file.name, model_file.version
+        if model_file.conflict():
+            return None, (version, self._failed(model_file, model_file.conflict()), InvalidInput)
         self.say(f"loading {name!r} version {version} from {model_file.path}")
         try:
             plan = await asyncio.to_thread(compile_model_file, model_file)
         except PipelineError as exc:
-            reason = self._failed(model_file, _describe(exc, model_file.path))
+            reason = self._failed(model_file, describe_compile_error(exc, model_file.path))
             return None, (version, reason, InvalidInput)
         pv = build_version(plan, str(model_file.path), model_file.stamp)
         try:
             await asyncio.to_thread(pv.start)
         except Exception as exc:  # noqa: BLE001 - reported; what serves now keeps serving
             await asyncio.to_thread(pv.stop, False)
-            return None, (
-                version,
-                self._failed(model_file, f"{type(exc).__name__}: {exc}"),
-                NodeError,
-            )
+            reason, error_type = load_failure(exc, model_file.path)
+            return None, (version, self._failed(model_file, reason), error_type)
         return pv, ()
 
     def _failed(self, model_file: ModelFile, reason: str) -> str:
@@ -307,24 +352,19 @@ def model_control(repo, action: str, parameters: dict) -> ModelControl:
     return control
 
 
+def check_repository_name(repo, name: str) -> None:
+    """Triton's `repository_name` of a gRPC repository request: this server has one repository,
+    so only "" or that repository (its folder's name or path as given) is honoured; any other
+    name is refused naming it, never ignored."""
+    control = repo.control
+    known = () if control is None else (control.directory.name, str(control.directory))
+    if name and name not in known:
+        there = f"{known[0]!r} ({known[1]})" if known else "none"
+        raise InvalidInput(
+            f"repository_name {name!r:.80} is not a repository of this server; its repository: "
+            f"{there} (or leave repository_name empty)"
+        )
+
+
 def _signature(versions: dict[int, ModelFile]) -> tuple:
-    return tuple(sorted((v, f.stamp) for v, f in versions.items()))
-
-
-def _describe(exc: PipelineError, path: Path) -> str:
-    """The errors of a pipeline file that failed to compile, its path named once:
-    "DIR/x.yaml: line 3: E-SPEC-YAML ...; line 9: E-GRAPH-... ..." (an issue in another file
-    keeps its own file name)."""
-    issues = [i for i in getattr(exc, "issues", None) or () if i.severity == "error"]
-    if not issues:
-        text = str(exc)
-        return text if str(path) in text else f"{path}: {text}"
-    parts = []
-    for issue in issues:
-        if issue.file and issue.file != str(path):
-            parts.append(issue.format())
-            continue
-        where = f"line {issue.line}: " if issue.line else ""
-        hint = f" ({issue.hint})" if issue.hint else ""
-        parts.append(f"{where}{issue.code} {issue.message}{hint}")
-    return f"{path}: " + "; ".join(parts)
+    return tuple(sorted((v, f.stamp, f.duplicates) for v, f in versions.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nodes.errors import InvalidConfig
 from nodes.llm.speculative import SpeculativeConfig
 
 _ROPE_TYPES = ("default", "llama3")
@@ -81,15 +82,16 @@ def derive_max_model_len(requested: int | None, model: ModelConfig) -> int:
     """The engine's max_model_len: `requested`, which must not exceed the model's
     max_position_embeddings (vLLM refuses that too: positions past it were never trained, and
     RoPE tables stop there), or min(DEFAULT_MAX_MODEL_LEN, max_position_embeddings) when None.
-    Raises ValueError naming both numbers."""
+    Raises nodes.errors.InvalidConfig (a ValueError) naming both numbers."""
     limit = model.max_position_embeddings
     if requested is None:
         return min(DEFAULT_MAX_MODEL_LEN, limit)
     if requested > limit:
-        raise ValueError(
+        raise InvalidConfig(
             f"max_model_len {requested} is more than the model's max_position_embeddings "
             f"{limit}; set max_model_len to at most {limit}, or leave it unset for "
-            f"{min(DEFAULT_MAX_MODEL_LEN, limit)}"
+            f"{min(DEFAULT_MAX_MODEL_LEN, limit)}",
+            field="max_model_len",
         )
     return requested
 

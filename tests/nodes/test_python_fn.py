@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from nodes.base import TensorSpec
+from nodes.errors import InvalidConfig
 from nodes.python_fn import PythonNode, PythonParams
 
 STEPS = """
@@ -101,9 +102,13 @@ def test_results_that_break_the_contract_are_errors(folder):
 
 
 def test_a_missing_function_or_file_is_named(folder):
-    with pytest.raises(TypeError, match="no function 'nope'; functions: no_n, shout, wrong_count"):
+    # the pipeline file's mistake: InvalidConfig naming the field, the cause kept
+    with pytest.raises(
+        InvalidConfig, match="no function 'nope'; functions: no_n, shout, wrong_c"
+    ) as e:
         make(folder, "steps.py:nope")
-    with pytest.raises(FileNotFoundError, match="missing.py"):
+    assert e.value.field == "function" and isinstance(e.value.__cause__, TypeError)
+    with pytest.raises(InvalidConfig, match="FileNotFoundError: .*missing.py"):
         make(folder, "missing.py:f")
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(InvalidConfig, match="ModuleNotFoundError"):
         make(folder, "no_such_module_here:f")
