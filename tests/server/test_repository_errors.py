@@ -151,3 +151,12 @@ def test_a_version_beyond_int64_is_refused(client, server):
     r = http_load(server, "huge")
     assert r.status_code == 400, r.text
     assert "huge.yaml" in r.text and "version" in r.text, r.text
+
+
+def test_max_model_len_above_the_model_is_a_400_naming_the_file(server):
+    text = (DATA / "llm.yaml").read_text().replace("name: chat", "name: toolong")
+    write(server.repo / "toolong.yaml", text.replace("max_model_len: 512", "max_model_len: 9000"))
+    r = http_load(server, "toolong")
+    assert r.status_code == 400, r.text
+    for part in ("toolong.yaml", "node 'generate'", "params.max_model_len", "9000"):
+        assert part in r.text, r.text
