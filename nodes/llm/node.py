@@ -73,7 +73,7 @@ class LLMParams(NodeParams):
     |                        |                    |  prompt-lookup speculation (greedy requests)   |
     | max_tokens ... seed    | 256, 0 (greedy)... | default sampling; see nodes/llm/sampling.py    |
     | response_format        | none (text)        | OpenAI's {type: json_object} or {type:         |
-    |                        |                    |  json_schema, json_schema: {schema: ...}}:     |
+    |                        |                    |  json_schema, json_schema: {name, schema}}:    |
     |                        |                    |  structured output (nodes/llm/structured.py)   |
 
     Each sampling field is also an optional input port, a request parameter: unwired, it becomes

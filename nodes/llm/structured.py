@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 FIELD = "response_format"
 _SCHEMA_KEYS = {"name", "schema", "strict", "description"}
+_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 def canonical_response_format(value: Any) -> str | None:
@@ -60,18 +61,46 @@ def canonical_response_format(value: Any) -> str | None:
             f"'{FIELD}.type' must be 'text', 'json_object' or 'json_schema', not {kind!r:.40}",
             field=FIELD,
         )
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+    name, schema = _json_schema(value.get("json_schema"))
+    # canonical form is itself a valid response_format (a node may check it again)
+    canonical = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+    return json.dumps(canonical, sort_keys=True)
+
+
+def _json_schema(spec: Any) -> tuple[str, dict]:
+    """(name, schema) of OpenAI's `json_schema` object: `name` required, 1-64 of a-z A-Z 0-9 _ -;
+    `schema` a JSON Schema object (absent: any JSON value); `strict` a boolean; `description`
+    a string (OpenAI's API reference, vLLM's JsonSchemaResponseFormat). Raises InvalidRequest
+    naming the key."""
+    where = f"{FIELD}.json_schema"
+    if not isinstance(spec, dict):
         raise InvalidRequest(
-            f"'{FIELD}.json_schema' must be an object {{'name': ..., 'schema': {{...}}}}",
+            f"'{where}' must be an object {{'name': ..., 'schema': {{...}}}}, not {spec!r:.40}",
             field=FIELD,
         )
     if set(spec) - _SCHEMA_KEYS:
         unknown = sorted(set(spec) - _SCHEMA_KEYS)
-        raise InvalidRequest(f"'{FIELD}.json_schema' has unknown keys {unknown}", field=FIELD)
+        raise InvalidRequest(f"'{where}' has unknown keys {unknown}", field=FIELD)
+    name = spec.get("name")
+    if "name" not in spec:
+        raise InvalidRequest(f"'{where}.name' is missing (OpenAI requires it)", field=FIELD)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"'{where}.name' must be 1-64 characters of a-z, A-Z, 0-9, _ and -, not {name!r:.70}",
+            field=FIELD,
+        )
     schema = spec.get("schema", {})
-    # canonical form is itself a valid response_format (a node may check it again)
-    return json.dumps({"type": "json_schema", "json_schema": {"schema": schema}}, sort_keys=True)
+    if not isinstance(schema, dict):
+        raise InvalidRequest(
+            f"'{where}.schema' must be a JSON Schema object, not {schema!r:.40} (a boolean "
+            "schema is not taken: give {} for any JSON value)",
+            field=FIELD,
+        )
+    for key, kind, words in (("strict", bool, "true or false"), ("description", str, "a string")):
+        if spec.get(key) is not None and not isinstance(spec[key], kind):
+            raise InvalidRequest(f"'{where}.{key}' must be {words}, not {spec[key]!r:.40}",
+                                 field=FIELD)  # fmt: skip
+    return name, schema
 
 
 class GrammarCompiler:

@@ -14,6 +14,12 @@ pytestmark = pytest.mark.integration
 openai = pytest.importorskip("openai")
 
 _HI = [{"role": "user", "content": "Hi"}]
+
+
+def _schema(spec: dict) -> dict:
+    return {"response_format": {"type": "json_schema", "json_schema": spec}}
+
+
 _IMAGE = {"type": "image_url", "image_url": {"url": "http://127.0.0.1/cat.png"}}
 CHAT = [
     ("no-role", {"messages": [{"content": "Hi"}]}, "'messages[0].role' must be one of"),
@@ -43,6 +49,15 @@ CHAT = [
         "'min_tokens' (5) must be at most 'max_tokens' (2)",
     ),
     ("response-format-string", {"extra_body": {"response_format": "text"}}, "must be an object"),
+    (
+        "json-schema-no-name",
+        _schema({"schema": {}}),
+        "'response_format.json_schema.name' is missing",
+    ),
+    ("json-schema-name-number", _schema({"name": 123}), "'response_format.json_schema.name' must"),
+    ("json-schema-strict-string", _schema({"name": "v", "strict": "yes"}), "strict' must be true"),
+    ("json-schema-boolean", _schema({"name": "v", "schema": True}), "json_schema.schema' must"),
+    ("content-empty-list", {"messages": [{"role": "user", "content": []}]}, "non-empty list"),
 ]
 
 

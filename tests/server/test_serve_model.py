@@ -155,7 +155,12 @@ def test_streamed_completion_logprobs_and_usage(client):
         ({"n": 2}, "'n'"),
         ({"response_format": {"type": "xml"}}, "'response_format.type'"),
         (
-            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "x"}}}},
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "v", "schema": {"type": "x"}},
+                }
+            },
             "'response_format.json_schema.schema'",
         ),
         ({"logit_bias": {"42": 5}}, "'logit_bias'"),

@@ -98,19 +98,33 @@ def test_greedy_structured_output_is_identical_with_speculation(tmp_path, smollm
     ]
 
 
+def _named(**spec) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "v"} | spec}
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
         ({"type": "xml"}, "'response_format.type'"),
         ({"type": "json_schema"}, "'response_format.json_schema'"),
-        ({"type": "json_schema", "json_schema": {"schema": 3}}, "'response_format.json_schema'"),
-        ({"type": "json_schema", "json_schema": {"schema": {}, "grammar": "x"}}, "unknown keys"),
+        ({"type": "json_schema", "json_schema": 3}, "'response_format.json_schema' must be"),
+        (_named(schema=3), r"'response_format.json_schema.schema' must be a JSON Schema object"),
+        (_named(schema=True), r"'response_format.json_schema.schema' must be .* not True"),
+        (_named(schema={}, grammar="x"), "unknown keys"),
+        ({"type": "json_schema", "json_schema": {"schema": {}}}, r"json_schema.name' is missing"),
+        (_named(name=123), r"'response_format.json_schema.name' must be 1-64 .* not 123"),
+        (_named(name="a b"), r"'response_format.json_schema.name' must be"),
+        (_named(name="x" * 65), r"'response_format.json_schema.name' must be"),
+        (_named(strict="yes"), r"'response_format.json_schema.strict' must be true or false"),
+        (_named(description=5), r"'response_format.json_schema.description' must be a string"),
         ({"type": "json_object", "json_schema": {}}, "unknown keys"),
         ("{not json", "not valid JSON"),
         ([1, 2], "must be an object"),
     ],
 )
 def test_malformed_formats_are_refused_by_name(value, message):
+    """OpenAI's rules for json_schema (name required and its pattern, strict a boolean) and
+    a boolean schema refused naming `json_schema.schema`, not its parent."""
     with pytest.raises(InvalidRequest, match=message) as err:
         canonical_response_format(value)
     assert err.value.field == "response_format"
@@ -118,7 +132,7 @@ def test_malformed_formats_are_refused_by_name(value, message):
 
 def test_a_schema_xgrammar_cannot_compile_is_a_request_error(engine):
     bad = canonical_response_format(
-        {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}
+        {"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "nonsense"}}}
     )
     with pytest.raises(InvalidRequest, match="'response_format.json_schema.schema'.*nonsense"):
         engine.add_request(_prompt(engine), SamplingParams(max_tokens=4, response_format=bad))
@@ -133,3 +147,11 @@ def test_min_tokens_with_a_format_is_refused_and_the_node_param_is_checked():
     assert LLMParams().sampling().response_format is None
     with pytest.raises(ValueError, match="response_format"):
         LLMParams(response_format={"type": "yaml"})
+
+
+def test_well_formed_json_schema_keeps_name_and_schema():
+    value = _named(name="Ver-dict_1", schema={"type": "object"}, strict=True, description="d")
+    canonical = json.loads(canonical_response_format(value))
+    assert canonical == {"type": "json_schema",
+                         "json_schema": {"name": "Ver-dict_1", "schema": {"type": "object"}}}  # fmt: skip
+    assert canonical_response_format(canonical) == canonical_response_format(value)
