@@ -72,6 +72,14 @@ class LLMEngine:
         self.num_accepted_tokens = 0
 
     def _make_seq(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> Sequence:
+        if isinstance(prompt, str) and self.tokenizer.surely_longer_than(
+            prompt, self.max_model_len
+        ):
+            raise InvalidRequest(
+                f"prompt is {len(prompt.encode())} bytes: more tokens than max_model_len "
+                f"{self.max_model_len}",
+                field="prompt",
+            )
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise InvalidRequest("empty prompt: give at least one token", field="prompt")
@@ -109,11 +117,14 @@ class LLMEngine:
     ) -> str:
         """Queue a request; `sink` (called on the loop thread) receives its deltas."""
         seq = self._make_seq(prompt, params or SamplingParams(), request_id)
+        self._submit(seq, sink)
+        return seq.request_id
+
+    def _submit(self, seq: Sequence, sink: Callable[[Delta], None] | None) -> None:
         self._inbox.put(("add", seq, sink))
         self._wake.set()
         if self.lost is not None:  # the loop died meanwhile: nobody else will answer it
             self._fail_lost()
-        return seq.request_id
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its KV blocks are freed before the next step."""
@@ -355,7 +366,13 @@ class LLMEngine:
             except RuntimeError:  # the consumer's event loop is closed: nobody listens
                 pass
 
-        rid = self.add_request(prompt, params, request_id, sink=sink)
+        # tokenizing and compiling a response_format grammar (seconds for a deep schema) release
+        # the GIL: in a thread they hold up neither the event loop nor the step loop
+        seq = await asyncio.to_thread(
+            self._make_seq, prompt, params or SamplingParams(), request_id
+        )
+        rid = seq.request_id
+        self._submit(seq, sink)
         finished = False
         try:
             while not finished:

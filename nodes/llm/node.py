@@ -6,6 +6,7 @@ exactly one per request. Optional per-request sampling inputs override the param
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -248,11 +249,19 @@ class LLMNode(Node):
             raise InvalidRequest(
                 "llm: give exactly one of the inputs 'prompt' and 'messages'", field="prompt"
             )
+        tokenizer, field = self.engine.tokenizer, "prompt" if has_prompt else "messages"
         if has_prompt:
-            prompt = self.engine.tokenizer.encode(input_text(item["prompt"], "prompt"))
+            text = input_text(item["prompt"], "prompt")
         else:
-            prompt = self.engine.tokenizer.apply_chat(input_messages(item["messages"]))
-        field = "prompt" if has_prompt else "messages"
+            text = tokenizer.render_chat(input_messages(item["messages"]))
+        if tokenizer.surely_longer_than(text, self.engine.max_model_len):
+            raise InvalidRequest(
+                f"llm: input {field!r} is {len(text.encode())} bytes: more tokens than "
+                f"max_model_len {self.engine.max_model_len} (a token here is at most "
+                f"{tokenizer.max_token_bytes} bytes)",
+                field=field,
+            )
+        prompt = tokenizer.encode(text) if has_prompt else tokenizer.encode_chat(text)
         if len(prompt) >= self.engine.max_model_len:
             raise InvalidRequest(
                 f"llm: input {field!r} has {len(prompt)} tokens; max_model_len is "
@@ -315,7 +324,9 @@ class LLMNode(Node):
         ]
 
     async def stream(self, item: Item) -> AsyncIterator[Item]:
-        prompt, params = self._request(item)
+        # tokenizing a long prompt takes seconds; the tokenizer releases the GIL, so in a thread
+        # it keeps the event loop (other streams, health checks) going
+        prompt, params = await asyncio.to_thread(self._request, item)
         async with contextlib.aclosing(self.engine.stream(prompt, params)) as deltas:
             async for delta in deltas:  # leaving early closes the engine stream: abort
                 lines = self._logprob_lines(delta.token_ids, delta.logprobs, delta.top_logprobs)

@@ -248,3 +248,32 @@ def test_response_format_json_object_and_text(client):
         plain.choices[0].message.content
         == chat(client, messages=ASK, temperature=0).choices[0].message.content
     )
+
+
+def test_a_slow_grammar_compile_holds_up_no_other_request(client):
+    """A deep schema takes seconds to compile (in a thread): plain requests keep being
+    answered meanwhile, where before the compile blocked the event loop and every stream."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    deep = {"type": "string", "description": uuid.uuid4().hex}  # never in the grammar cache
+    for _ in range(300):
+        deep = {"type": "array", "items": deep}
+    fmt = {"type": "json_schema", "json_schema": {"name": "deep", "schema": deep}}
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(chat, client, messages=ASK, max_tokens=1, response_format=fmt)
+        answered_meanwhile = 0
+        while not slow.done():
+            chat(client, messages=ASK, max_tokens=1, temperature=0)
+            answered_meanwhile += not slow.done()
+        assert slow.result().choices[0].message.content.startswith("[")
+    assert answered_meanwhile >= 3
+
+
+def test_a_prompt_far_beyond_max_model_len_is_refused_without_tokenizing(client):
+    huge = "word " * 2_000_000  # 10 MB: tokenizing it took seconds and held up the server
+    for messages in ([{"role": "user", "content": huge}],):
+        with pytest.raises(openai.BadRequestError, match="'messages' is 10000.* bytes.*512"):
+            chat(client, messages=messages)
+    with pytest.raises(openai.BadRequestError, match="'prompt' is 10000000 bytes.*512"):
+        client.completions.create(model=NAME, prompt=huge, max_tokens=1)
