@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from nodes.errors import InvalidConfig
+
 DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
 CONCRETE = ("fp32", "bf16", "fp16")
 _ARM = ("aarch64", "arm64")
@@ -158,7 +160,9 @@ def resolve_dtype(
     (tests). Raises ValueError for an explicit dtype outside `supported`."""
     if requested != "auto":
         if requested not in supported:
-            raise ValueError(f"dtype {requested} unsupported here; {why_limited or supported}")
+            raise InvalidConfig(
+                f"dtype {requested} unsupported here; {why_limited or supported}", field="dtype"
+            )
         return DtypeChoice(requested, f"{device}: {requested} as set")
     if supported == ("fp32",):
         return DtypeChoice("fp32", f"{device}: {why_limited or 'fp32 only'} → fp32")

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
+from nodes.errors import InvalidConfig
 from nodes.paths import resolve_path
 
 INDEX_FILE = "index.faiss"
@@ -88,7 +89,9 @@ def train_index(vectors: np.ndarray, params: FaissSearchParams):
     elif params.index_type == "ivf":
         nlist = params.nlist or default_nlist(count)
         if nlist > count:
-            raise ValueError(f"nlist {nlist} is larger than the {count} vectors to index")
+            raise InvalidConfig(
+                f"nlist {nlist} is larger than the {count} vectors to index", field="nlist"
+            )
         quantizer = faiss.IndexFlatIP(dim) if params.metric == "ip" else faiss.IndexFlatL2(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
         index.train(vectors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from nodes.errors import InvalidConfig
 from nodes.llm.attention import AttentionMetadata, new_kv_cache, triton_available
 from nodes.llm.config import EngineConfig, ModelConfig, derive_max_model_len
 from nodes.llm.cpu_attention import load_kernel
@@ -29,7 +30,11 @@ class ModelRunner:
         block_bytes = 2 * model_config.num_layers * self.block_size * kv * hd * dtype.itemsize
         self.num_blocks = config.kv_cache_bytes // block_bytes  # K and V of every layer
         if self.num_blocks < 1:
-            raise ValueError(f"kv_cache_bytes={config.kv_cache_bytes} holds no block of KV")
+            raise InvalidConfig(
+                f"kv_cache_bytes={config.kv_cache_bytes} holds no block of KV "
+                f"({block_bytes} bytes each)",
+                field="kv_cache_bytes",
+            )
         shape = (self.num_blocks, self.block_size, kv, hd, dtype, self.device)
         self.kv_caches = [
             (new_kv_cache(*shape), new_kv_cache(*shape)) for _ in range(model_config.num_layers)
@@ -45,14 +50,18 @@ class ModelRunner:
         """The C decode kernel where it applies (CPU, a C compiler, fp32/bf16 cache), else None."""
         if backend == "torch" or self.device.type != "cpu":
             if backend == "cpu_kernel":
-                raise ValueError(f"attention_backend cpu_kernel runs on a CPU, not {self.device}")
+                raise InvalidConfig(
+                    f"attention_backend cpu_kernel runs on a CPU, not {self.device}",
+                    field="attention_backend",
+                )
             return None
         kernel = load_kernel(head_dim)
         if kernel is None or not kernel.supports(self.kv_caches[0][0]):
             if backend == "cpu_kernel":
-                raise ValueError(
+                raise InvalidConfig(
                     "attention_backend cpu_kernel: the C kernel could not be built "
-                    "(no C compiler) or does not take this cache dtype (fp32, bf16)"
+                    "(no C compiler) or does not take this cache dtype (fp32, bf16)",
+                    field="attention_backend",
                 )
             return None
         return kernel

@@ -153,10 +153,17 @@ def test_a_version_beyond_int64_is_refused(client, server):
     assert "huge.yaml" in r.text and "version" in r.text, r.text
 
 
-def test_max_model_len_above_the_model_is_a_400_naming_the_file(server):
-    text = (DATA / "llm.yaml").read_text().replace("name: chat", "name: toolong")
-    write(server.repo / "toolong.yaml", text.replace("max_model_len: 512", "max_model_len: 9000"))
-    r = http_load(server, "toolong")
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [("max_model_len", "9000", "9000"), ("kv_cache_bytes", "65536", "holds no block of KV")],
+)
+def test_an_llm_param_the_model_cannot_take_is_a_400_naming_the_file(server, field, value, words):
+    name = f"llm_{field}"
+    text = (DATA / "llm.yaml").read_text().replace("name: chat", f"name: {name}")
+    old = {"max_model_len": "max_model_len: 512", "kv_cache_bytes": "kv_cache_bytes: 67108864"}
+    text = text.replace(old[field], f"{field}: {value}")
+    write(server.repo / f"{name}.yaml", text)
+    r = http_load(server, name)
     assert r.status_code == 400, r.text
-    for part in ("toolong.yaml", "node 'generate'", "params.max_model_len", "9000"):
+    for part in (f"{name}.yaml", "node 'generate'", f"params.{field}", words):
         assert part in r.text, r.text
