@@ -161,16 +161,19 @@ def from_json(name: str, datatype: str, shape, data: Any) -> np.ndarray:
                 f"({exc.object[exc.start : exc.end]!a})"
             ) from None
         return out.reshape(shape)
-    return typed_array(name, datatype, flat).reshape(shape)
+    return typed_array(name, datatype, flat, from_json=True).reshape(shape)
 
 
 _JSON_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}
 _JSON_NAMES = {"b": "true/false", "i": "whole numbers", "u": "whole numbers", "f": "numbers"}
 
 
-def typed_array(name: str, datatype: str, flat: list) -> np.ndarray:
+def typed_array(name: str, datatype: str, flat: list, *, from_json: bool = False) -> np.ndarray:
     """A flat array of `datatype` from Python values, refusing values of another type (a bool
-    for an integer, a float for an integer, a string for a number) and values out of range."""
+    for an integer, a float for an integer, a string for a number) and values out of range.
+    `from_json`: the values came from KServe v2 JSON, which is RFC 8259 JSON: it has no NaN or
+    Infinity (Python's parser takes those literals, Triton's refuses them), so a non-finite
+    value is refused naming the input; gRPC contents and binary data carry them."""
     dtype = numpy_dtype(datatype)
     allowed = _JSON_TYPES[dtype.kind]
     for i, v in enumerate(flat):
@@ -195,7 +198,15 @@ def typed_array(name: str, datatype: str, flat: list) -> np.ndarray:
             wide = np.asarray(flat, dtype=np.float64)
         except OverflowError:
             raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}") from None
-        finite = wide[np.isfinite(wide)]
+        ok = np.isfinite(wide)
+        if from_json and not ok.all():
+            i = int(np.argmin(ok))
+            raise InvalidInput(
+                f"input {name!r}: value {i} is {wide[i]!r}: KServe v2 JSON data takes finite "
+                "numbers (RFC 8259 JSON has no NaN or Infinity, and 1e999 is out of range); "
+                "send non-finite values as binary data"
+            )
+        finite = wide[ok]
         limit = float(np.finfo(dtype).max)
         if finite.size and float(np.abs(finite).max()) > limit:
             raise InvalidInput(
@@ -222,15 +233,24 @@ def _check_nesting(name: str, data: Any, shape: list[int], depth: int = 0) -> No
         _check_nesting(name, part, shape, depth + 1)
 
 
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def to_json(array: np.ndarray) -> list:
-    """A tensor as flat KServe v2 JSON data (BYTES decoded as UTF-8 text)."""
+    """A tensor as flat KServe v2 JSON data (BYTES decoded as UTF-8 text). A non-finite float
+    becomes the string "NaN", "Infinity" or "-Infinity" (the protobuf JSON mapping's spelling;
+    numpy and tritonclient read them back as floats), so the body stays valid JSON."""
     flat = array.reshape(-1)
     if array.dtype.kind in ("O", "S", "U"):
         return [
             v.decode("utf-8", errors="replace") if isinstance(v, bytes | bytearray) else str(v)
             for v in flat
         ]
-    return flat.tolist()
+    values = flat.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(flat).all():
+        for i in np.flatnonzero(~np.isfinite(flat)).tolist():
+            values[i] = _NON_FINITE[repr(values[i])]
+    return values
 
 
 def flatten(data: Any) -> list:
