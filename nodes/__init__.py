@@ -16,6 +16,7 @@ Helpers:
     compute_dtype.py  `dtype: auto` per placed instance;  onnx_export.py  cached ONNX exports
     paths.py          `pkg:` and relative paths in params;  jsonl.py  the JSON Lines reader
     index_builder.py  `pipectl index build`: a faiss_search index from a JSONL corpus
+    hf_loading.py     transformers' from_pretrained under one lock (its lazy imports race)
     shared.py         one object per key, loaded once, reference-counted (LLM engines, and the
                       engine's shared batched nodes)
 """

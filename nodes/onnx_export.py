@@ -76,9 +76,12 @@ def export_sequence_classifier(folder: Path, out: Path, opset: int = 17) -> None
     import inspect
 
     import torch
-    from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+    from nodes.hf_loading import hf_from_pretrained
+
+    model = hf_from_pretrained(
+        "AutoModelForSequenceClassification", str(folder), dtype=torch.float32
+    )
     model.eval()
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in inspect.signature(model.forward).parameters:

@@ -16,14 +16,14 @@ class Tokenizer:
     def __init__(self, path: str | Path):
         import os
 
-        from transformers import AutoTokenizer
+        from nodes.hf_loading import hf_from_pretrained
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = Path(path)
         if path.is_dir():
-            self.hf = AutoTokenizer.from_pretrained(str(path))
+            self.hf = hf_from_pretrained("AutoTokenizer", str(path))
         else:  # transformers builds a fast tokenizer from the GGUF metadata
-            self.hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            self.hf = hf_from_pretrained("AutoTokenizer", str(path.parent), gguf_file=path.name)
         # the Rust tokenizer decodes several times faster than the Python wrapper
         self._fast = getattr(self.hf, "_tokenizer", None) or getattr(
             self.hf, "backend_tokenizer", None

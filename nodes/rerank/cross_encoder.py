@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nodes.hf_loading import hf_from_pretrained
+
 
 class CrossEncoderScorer:
     """Scores (query, passage) pairs with `AutoModelForSequenceClassification`.
@@ -27,8 +29,6 @@ class CrossEncoderScorer:
         label: int | None = None,
         cache_dir: str | Path | None = None,
     ):
-        from transformers import AutoTokenizer
-
         self.folder = Path(folder)
         if not (self.folder / "config.json").exists():
             raise FileNotFoundError(
@@ -39,7 +39,7 @@ class CrossEncoderScorer:
         self.max_length = max_length
         self.runtime = runtime
         self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        self.tokenizer = hf_from_pretrained("AutoTokenizer", str(self.folder))
         if runtime == "torch":
             self._load_torch(dtype)
         else:
@@ -49,12 +49,10 @@ class CrossEncoderScorer:
             raise ValueError(f"label {label} out of range: the model has {self.num_labels} labels")
 
     def _load_torch(self, dtype: str) -> None:
-        from transformers import AutoModelForSequenceClassification
-
         from nodes.compute_dtype import torch_dtype
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(self.folder), dtype=torch_dtype(dtype)
+        model = hf_from_pretrained(
+            "AutoModelForSequenceClassification", str(self.folder), dtype=torch_dtype(dtype)
         )
         self.model = model.to(self.device).eval()
         self.num_labels = int(model.config.num_labels)

@@ -187,3 +187,31 @@ def test_auto_loads_the_dtype_the_cpu_computes_natively(monkeypatch):
     assert next(slow_bf16._model.parameters()).dtype == torch.float32
     onnx = EncoderParams(backend="onnxruntime").compute_dtype("cpu")
     assert (onnx.dtype, onnx.reason) == ("fp32", "cpu: onnxruntime runs fp32 → fp32")
+
+
+def test_two_instances_load_at_once_in_a_fresh_process():
+    """An instance group of two loads in two threads; transformers' lazy imports are not
+    thread-safe (without nodes/hf_loading.py's lock this failed 6 times in 6: "cannot import
+    name 'AutoTokenizer'"). A fresh process, so that nothing is imported before."""
+    code = (
+        "import threading\n"
+        "from nodes.encoder import EncoderNode, EncoderParams\n"
+        "nodes = [EncoderNode(EncoderParams(dtype='fp32'), None) for _ in range(2)]\n"
+        "errors = []\n"
+        "def load(node):\n"
+        "    try:\n"
+        "        node.load('cpu')\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=load, args=(n,)) for n in nodes]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+        "a, b = (n.embed(['same text']) for n in nodes)\n"
+        "assert (a == b).all()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
