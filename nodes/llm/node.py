@@ -312,8 +312,9 @@ class LLMNode(Node):
         return "".join(lines)
 
     def _token_entry(self, token: int, logprob: float) -> dict:
-        text = self.engine.tokenizer.token_text(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        tokenizer = self.engine.tokenizer
+        text, raw = tokenizer.token_text(token), tokenizer.token_bytes(token)
+        return {"token": text, "logprob": logprob, "bytes": list(raw)}
 
     def run_batch(self, items: list[Item]) -> list[Item]:
         requests = [self._request(item) for item in items]

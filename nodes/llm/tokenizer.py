@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 
 # Normalizers (NFKC and the like) can shorten text a little before it is split into tokens, so the
 # lower bound on a text's token count leaves this factor of room
 _NORMALIZATION_ROOM = 4
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet read backwards: each of the 256 bytes is written as one
+    printable character (printable Latin-1 as itself, the rest from U+0100 on), as in OpenAI's
+    GPT-2 encoder.py `bytes_to_unicode`; Llama 3, Qwen and SmolLM2 vocabularies use it."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
+    chars = {b: chr(b) for b in kept}
+    extra = (b for b in range(256) if b not in chars)
+    chars.update({b: chr(256 + n) for n, b in enumerate(extra)})
+    return {c: b for b, c in chars.items()}
+
+
+_BYTE_DECODER = _byte_decoder()
 
 
 class Tokenizer:
@@ -43,6 +60,28 @@ class Tokenizer:
         if self._fast is not None:
             return self._fast.decode([token_id], skip_special_tokens=False)
         return self.hf.decode([token_id], skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """One token's own UTF-8 bytes (OpenAI's logprobs `bytes`, which rebuild a character
+        split over tokens): a byte-level BPE piece mapped back to its bytes, a byte-fallback
+        piece `<0xE6>` as that byte, else (special tokens, other vocabularies) the token's text.
+        A token holding part of a multi-byte character gives that part, not U+FFFD's bytes."""
+        piece = self.hf.convert_ids_to_tokens(token_id)
+        if isinstance(piece, str) and token_id not in self._special_ids:
+            if match := _BYTE_PIECE.fullmatch(piece):
+                return bytes([int(match[1], 16)])
+            if self._byte_level and all(c in _BYTE_DECODER for c in piece):
+                return bytes(_BYTE_DECODER[c] for c in piece)
+        return self.token_text(token_id).encode()
+
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(self.hf.all_special_ids)
+
+    @cached_property
+    def _byte_level(self) -> bool:
+        """The vocabulary is byte-level BPE (its decoder is ByteLevel)."""
+        return self._fast is not None and "ByteLevel" in str(self._fast.decoder)
 
     def apply_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of a chat in the model's template, ready for the assistant's turn."""

@@ -126,7 +126,9 @@ def test_chat_logprobs_and_top_logprobs(client):
         assert len(entry.top_logprobs) == 3 and entry.logprob <= 0
         best = max(t.logprob for t in entry.top_logprobs)
         assert math.isclose(entry.logprob, best, abs_tol=1e-5)  # greedy picks the most likely
-        assert bytes(entry.bytes).decode(errors="replace") == entry.token
+    # each token's own bytes (OpenAI's `bytes`), which join to the answer's text
+    joined = b"".join(bytes(e.bytes) for e in content).decode(errors="replace")
+    assert joined.strip() == reply.choices[0].message.content.strip()
     assert "".join(e.token for e in content).strip() == reply.choices[0].message.content.strip()
 
 
