@@ -154,7 +154,7 @@ def _node_counters(stats: dict, steps: list[str]) -> dict[str, NodeCounters]:
 
 
 def _default_model(names: list[str]) -> str:
-    pipelines = [n for n in names if "." not in n]
+    pipelines = sorted({n for n in names if "." not in n})  # one per model, not per version
     if len(pipelines) != 1:
         raise BenchError(
             f"the server has {len(pipelines)} pipelines ({', '.join(pipelines) or 'none'}); "
@@ -185,8 +185,8 @@ class Http(Target):
         self.session = aiohttp.ClientSession(connector=connector)
         try:
             if not self.name:
-                async with self.session.post(
-                    self.base + "/v2/repository/index", headers=self.headers
+                async with self.session.post(  # what serves, not what the folder holds
+                    self.base + "/v2/repository/index", json={"ready": True}, headers=self.headers
                 ) as r:
                     index = await r.json()
                 self.name = _default_model([m["name"] for m in index])

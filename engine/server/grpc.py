@@ -16,7 +16,11 @@ from engine.options import RequestOptions
 from engine.server import describe, tensors
 from engine.server.auth import ApiKey
 from engine.server.kserve_body import NOT_SUPPORTED
-from engine.server.model_control import check_repository_name, model_control
+from engine.server.model_control import (
+    check_repository_name,
+    model_control,
+    repository_index,
+)
 from engine.server.repository import Repository, ServedModel
 from nodes.dtypes import kserve_dtype
 from protos import grpc_service_pb2 as pb
@@ -183,7 +187,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             check_repository_name(self.repo, request.repository_name)
         except RequestError as exc:
             await self._abort(context, exc)
-        index = describe.repository_index(self.repo, ready_only=request.ready)
+        index = await repository_index(self.repo, ready_only=request.ready)
         return _parse(pb.RepositoryIndexResponse, {"models": index})
 
     async def RepositoryModelLoad(self, request, context):

@@ -17,6 +17,7 @@ from engine.errors import InvalidInput, RequestError
 from engine.options import RequestOptions
 from engine.server import describe, kserve_body, tensors
 from engine.server.model_control import model_control
+from engine.server.model_control import repository_index as full_index
 from engine.server.repository import Repository, ServedModel
 
 log = logging.getLogger("pipectl.server")
@@ -243,7 +244,7 @@ async def repository_index(repo: Repository, request: web.Request) -> web.Stream
     if not isinstance(body, dict) or not isinstance(body.get("ready", False), bool):
         raise InvalidInput('repository index: the body must be {"ready": true|false}')
     ready_only = body.get("ready", False)
-    return web.json_response(describe.repository_index(repo, ready_only))
+    return web.json_response(await full_index(repo, ready_only))
 
 
 async def repository_control(repo: Repository, request: web.Request) -> web.StreamResponse:

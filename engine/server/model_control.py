@@ -326,6 +326,29 @@ class ModelControl:
             await asyncio.wait(list(self._retiring), timeout=self.drain_timeout_s + 30)
 
 
+async def repository_index(repo, ready_only: bool = False) -> list[dict]:
+    """Triton's RepositoryIndex (engine/server/describe.py), plus, with a model repository and
+    without the `ready` filter, what the folder holds that no load reported on yet: a version
+    that several files claim (UNAVAILABLE, naming them) and models never loaded (their name
+    only, as Triton lists them)."""
+    from engine.server.describe import repository_index as loaded_index
+
+    index = loaded_index(repo, ready_only)
+    if ready_only or repo.control is None:
+        return index
+    listed = {(e["name"], e.get("version", "")) for e in index}
+    names = {e["name"] for e in index}
+    for name, versions in sorted((await repo.control._scan()).items()):
+        for version, model_file in sorted(versions.items()):
+            if model_file.conflict() and (name, str(version)) not in listed:
+                index.append({"name": name, "version": str(version), "state": UNAVAILABLE,
+                              "reason": model_file.conflict()})  # fmt: skip
+                names.add(name)
+        if name not in names:
+            index.append({"name": name})
+    return index
+
+
 def model_control(repo, action: str, parameters: dict) -> ModelControl:
     """The repository's ModelControl for a load/unload request, after refusing what it cannot
     honour: no repository, a mode other than explicit, and Triton's `config` / `file:` overrides.

@@ -78,6 +78,23 @@ def test_two_files_with_one_name_and_version_are_refused_naming_both(client, ser
     assert index(client)[("scale", "1")]["state"] == "READY"
 
 
+def test_the_index_lists_unloaded_models_and_a_claimed_twice_version_before_any_load(
+    client, server
+):
+    for file in ("pair_a.yaml", "pair_b.yaml"):
+        write(server.repo / file, scale_file(2).replace("name: scale", "name: pair"))
+    write(server.repo / "lonely.yaml", scale_file(3).replace("name: scale", "name: lonely"))
+    try:
+        entries = index(client)
+        assert ("lonely", "") in entries  # in the folder, never loaded: its name only (Triton)
+        pair = entries[("pair", "1")]
+        assert pair["state"] == "UNAVAILABLE", pair
+        assert "pair_a.yaml" in pair["reason"] and "pair_b.yaml" in pair["reason"], pair
+    finally:
+        for file in ("pair_a.yaml", "pair_b.yaml", "lonely.yaml"):
+            (server.repo / file).unlink()
+
+
 def test_a_missing_function_is_a_400_naming_the_file_node_and_field(client, server):
     broken = server.repo / "broken.yaml"
     write(broken, scale_file(2).replace("name: scale", "name: broken").replace(
