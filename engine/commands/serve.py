@@ -182,6 +182,19 @@ def _model_plan(args: argparse.Namespace):
     return None
 
 
+def _path_like_name(name: str) -> str:
+    """Why a Hugging Face style name (`org/model`, `Llama-3.1-8B`) cannot be served as is, with
+    the name to use instead."""
+    from engine.commands.model_pipeline import default_served_name
+
+    return (
+        f"--served-model-name {name}: a model name here cannot hold '/' or '.': KServe carries "
+        "it as one URL path segment (/v2/models/NAME/infer) and '.' joins a pipeline to its "
+        f"node (PIPELINE.NODE); use letters, digits, _ and -, e.g. --served-model-name "
+        f"{default_served_name(name)} (clients then send model={default_served_name(name)!r})"
+    )
+
+
 def _option_problem(args: argparse.Namespace) -> str | None:
     """The first option that cannot describe a server, as a message naming it; None if none."""
     if not args.files and not args.model and not args.model_repository:
@@ -202,6 +215,8 @@ def _option_problem(args: argparse.Namespace) -> str | None:
             return f"{option} must be {rule}, not {value}"
     if args.served_model_name == "":
         return "--served-model-name must not be empty"
+    if args.served_model_name and re.fullmatch(r"[\w.-]*[./][\w./-]*", args.served_model_name):
+        return _path_like_name(args.served_model_name)
     model_only = ("served_model_name", "dtype", "quantization", "max_model_len",
                   "kv_cache_bytes", "speculative_config")  # fmt: skip
     stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
