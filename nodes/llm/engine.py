@@ -21,7 +21,7 @@ import torch
 
 from nodes.compute_dtype import resolve_dtype
 from nodes.errors import InstanceLost, InvalidRequest
-from nodes.llm.config import EngineConfig
+from nodes.llm.config import EngineConfig, derive_max_model_len
 from nodes.llm.kv_cache import BlockManager
 from nodes.llm.outputs import Completion, Delta, completion, merge
 from nodes.llm.runner import ModelRunner
@@ -47,7 +47,8 @@ class LLMEngine:
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
         keep = self.config.quantization != "none" and self.config.device.startswith("cpu")
-        model_config, weights = load_weights(model, keep_quantized=keep)
+        max_len = functools.partial(derive_max_model_len, self.config.max_model_len)
+        model_config, weights = load_weights(model, keep_quantized=keep, check=max_len)
         self.model_config = model_config
         self.tokenizer = Tokenizer(model)
         self.runner = ModelRunner(model_config, weights, self.config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +40,23 @@ _GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 
 
 def load_weights(
-    path: str | Path, keep_quantized: bool = False
+    path: str | Path,
+    keep_quantized: bool = False,
+    check: Callable[[ModelConfig], object] | None = None,
 ) -> tuple[ModelConfig, dict[str, torch.Tensor | QuantizedWeight]]:
     """The model config and float32 tensors of a HF folder or a `.gguf` file; with
-    `keep_quantized`, GGUF's quantized matrices as `QuantizedWeight`."""
+    `keep_quantized`, GGUF's quantized matrices as `QuantizedWeight`. `check` sees the config
+    before any tensor is read: what it raises (say a max_model_len above the model's) fails the
+    load at once, as vLLM refuses from the config before loading weights."""
     path = Path(path)
     if path.is_dir():
-        return _load_hf_folder(path)
+        return _load_hf_folder(path, check)
     if path.suffix == ".gguf" and path.is_file():
-        return _load_gguf(path, keep_quantized)
+        return _load_gguf(path, keep_quantized, check)
     raise FileNotFoundError(f"{path}: expected a Hugging Face model folder or a .gguf file")
 
 
-def _load_hf_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def _load_hf_folder(folder: Path, check=None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text())
@@ -60,6 +65,8 @@ def _load_hf_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     gen = folder / "generation_config.json"
     if gen.exists() and "eos_token_id" in (gen_cfg := json.loads(gen.read_text())):
         cfg = {**cfg, "eos_token_id": gen_cfg["eos_token_id"]}
+    if check is not None:
+        check(ModelConfig.from_hf(cfg))
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder}: no .safetensors files")
@@ -137,12 +144,14 @@ def gguf_blocks(data: np.ndarray, kind: str, shape: tuple[int, int]) -> Quantize
     )
 
 
-def _load_gguf(path: Path, keep_quantized: bool = False) -> tuple[ModelConfig, dict]:
+def _load_gguf(path: Path, keep_quantized: bool = False, check=None) -> tuple[ModelConfig, dict]:
     import gguf
     from gguf.quants import dequantize
 
     reader = gguf.GGUFReader(str(path))
     config = gguf_model_config(reader)
+    if check is not None:
+        check(config)
     tensors = {}
     for t in reader.tensors:
         kind = t.tensor_type.name

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.llm.config import EngineConfig, ModelConfig
+from nodes.errors import InvalidConfig
+from nodes.llm.config import EngineConfig, ModelConfig, derive_max_model_len
 from nodes.llm.kv_cache import BlockManager
 from nodes.llm.runner import ModelRunner
 from nodes.llm.sampling import SamplingParams
@@ -99,3 +100,12 @@ def test_engine_config_checks():
         EngineConfig(block_size=12)
     with pytest.raises(ValueError, match="max_num_seqs"):
         EngineConfig(max_num_seqs=64, max_num_batched_tokens=32)
+
+
+def test_a_max_model_len_above_the_model_fails_before_any_weight_is_read(tmp_path, save_llama):
+    save_llama(tmp_path, **CASES["gqa-tied"])
+    for weights_file in tmp_path.glob("*.safetensors"):
+        weights_file.write_bytes(b"not safetensors")  # reading it would fail differently
+    with pytest.raises(InvalidConfig, match="max_model_len 1000000 is more than") as info:
+        load_weights(tmp_path, check=lambda c: derive_max_model_len(1_000_000, c))
+    assert info.value.field == "max_model_len"
