@@ -27,6 +27,23 @@ def default_served_name(model: str) -> str:
     return name if re.match(NAME_PATTERN, name) else f"m-{name}"
 
 
+# a Hugging Face style name as vLLM users pass it (org/model, Llama-3.1-8B)
+_OPENAI_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+
+
+def served_names(served_name: str | None) -> tuple[str | None, str | None]:
+    """(pipeline name, /v1-only name) of `--served-model-name`. A name a pipeline can hold is
+    both. A Hugging Face style name (`org/model`, `Llama-3.1-8B`) is served under that name on
+    /v1, as `vllm serve` does, and under `default_served_name` of it over KServe, whose paths
+    (/v2/models/NAME/infer) take one segment and where '.' joins a pipeline to its node. Any
+    other name is left to the spec's check (an error naming the flag)."""
+    if served_name is None or re.match(NAME_PATTERN, served_name):
+        return served_name, None
+    if _OPENAI_NAME.fullmatch(served_name) and ".." not in served_name:
+        return default_served_name(served_name), served_name
+    return served_name, None
+
+
 def model_spec(
     model: str,
     served_name: str | None = None,

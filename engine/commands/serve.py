@@ -151,8 +151,8 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
-def _model_plan(args: argparse.Namespace):
-    """The Plan of `--model` (None after printing the problems)."""
+def _model_plan(args: argparse.Namespace, name: str | None):
+    """The Plan of `--model` served as `name` (None after printing the problems)."""
     from engine.commands.model_pipeline import flag_problems, model_spec
     from engine.compiler import compile_spec
     from engine.errors import GraphError, PlacementError, SpecError
@@ -170,7 +170,7 @@ def _model_plan(args: argparse.Namespace):
     try:
         return compile_spec(
             model_spec(
-                args.model, args.served_model_name, dtype=args.dtype,
+                args.model, name, dtype=args.dtype,
                 quantization=args.quantization, speculative=args.speculative_config,
                 max_model_len=args.max_model_len, kv_cache_bytes=args.kv_cache_bytes,
                 device=args.device, base_dir=os.getcwd(),
@@ -180,19 +180,6 @@ def _model_plan(args: argparse.Namespace):
         for problem in flag_problems(exc):
             print(f"pipectl serve: {problem}", file=sys.stderr)
     return None
-
-
-def _path_like_name(name: str) -> str:
-    """Why a Hugging Face style name (`org/model`, `Llama-3.1-8B`) cannot be served as is, with
-    the name to use instead."""
-    from engine.commands.model_pipeline import default_served_name
-
-    return (
-        f"--served-model-name {name}: a model name here cannot hold '/' or '.': KServe carries "
-        "it as one URL path segment (/v2/models/NAME/infer) and '.' joins a pipeline to its "
-        f"node (PIPELINE.NODE); use letters, digits, _ and -, e.g. --served-model-name "
-        f"{default_served_name(name)} (clients then send model={default_served_name(name)!r})"
-    )
 
 
 def _option_problem(args: argparse.Namespace) -> str | None:
@@ -215,8 +202,6 @@ def _option_problem(args: argparse.Namespace) -> str | None:
             return f"{option} must be {rule}, not {value}"
     if args.served_model_name == "":
         return "--served-model-name must not be empty"
-    if args.served_model_name and re.fullmatch(r"[\w.-]*[./][\w./-]*", args.served_model_name):
-        return _path_like_name(args.served_model_name)
     model_only = ("served_model_name", "dtype", "quantization", "max_model_len",
                   "kv_cache_bytes", "speculative_config")  # fmt: skip
     stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
@@ -240,6 +225,22 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass  # not glibc: nothing to cap
 
 
+def _served_model(args: argparse.Namespace):
+    """(the Plan of `--model`, its /v1-only names) or None after printing the problems. A
+    Hugging Face style --served-model-name (org/model) names it on /v1 only, as vLLM's does."""
+    from engine.commands.model_pipeline import served_names
+
+    name, v1_name = served_names(args.served_model_name)
+    plan = _model_plan(args, name)
+    if plan is None:
+        return None
+    if not v1_name:
+        return plan, ()
+    print(f"pipectl serve: /v1 serves the model as {v1_name!r}, KServe as {plan.name!r} "
+          "(KServe paths take one segment; '.' joins PIPELINE.NODE)", file=sys.stderr)  # fmt: skip
+    return plan, ((v1_name, plan.name),)
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.server.app import ServeOptions, serve
     from engine.server.otel import endpoint_from
@@ -261,11 +262,13 @@ def run(args: argparse.Namespace) -> int:
         if plan is None:
             return 1
         plans.append(plan)
+    openai_names: tuple[tuple[str, str], ...] = ()
     if args.model:
-        plan = _model_plan(args)
-        if plan is None:
+        model = _served_model(args)
+        if model is None:
             return 1
-        plans.append(plan)
+        plans.append(model[0])
+        openai_names = model[1]
     names = [p.name for p in plans]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -282,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
         model_control_mode=args.model_control_mode,
         repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model),
+        openai_names=openai_names,
         otlp_endpoint=otlp_endpoint,
     )
     ray_address.apply(args)

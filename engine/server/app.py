@@ -37,6 +37,7 @@ class ServeOptions:
     model_control_mode: str = "none"  # none | explicit | poll (see engine/server/model_control.py)
     repository_poll_secs: float = 5.0
     load_models: tuple[str, ...] = ()  # explicit mode: models loaded at start ('*': all)
+    openai_names: tuple[tuple[str, str], ...] = ()  # /v1 model name -> pipeline (org/model)
 
 
 def _say(message: str) -> None:
@@ -115,6 +116,7 @@ async def serve(plans: list[Plan], options: ServeOptions, say: Callable[[str], N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     repo = Repository()
+    repo.openai_names = dict(options.openai_names)
     for plan in plans:
         repo.add(plan)
     tracer = _tracer(repo, options, say)

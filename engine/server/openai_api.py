@@ -139,17 +139,19 @@ async def read_body(request: web.Request) -> dict:
 
 
 def pipeline(repo: Repository, body: dict) -> ServedModel:
-    """The served pipeline the body's `model` names."""
+    """The served pipeline the body's `model` names: a pipeline's name, or a /v1-only name
+    (`--served-model-name org/model`, which KServe's one-segment paths cannot carry)."""
     name = body.get("model")
     if not isinstance(name, str):
         raise InvalidInput("'model' must name a pipeline")
-    return repo.serving(name)
+    return repo.serving(repo.openai_names.get(name, name))
 
 
 async def list_models(repo: Repository, request: web.Request) -> web.Response:
-    """GET /v1/models: every pipeline."""
+    """GET /v1/models: every pipeline, under its /v1 name where it has one."""
+    shown = {pipeline: name for name, pipeline in repo.openai_names.items()}
     data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "pipectl"}
+        {"id": shown.get(name, name), "object": "model", "created": 0, "owned_by": "pipectl"}
         for name in repo.pipelines
     ]
     return web.json_response({"object": "list", "data": data})
@@ -172,7 +174,9 @@ async def completion(repo: Repository, request: web.Request, *, chat: bool) -> w
                 f"{LOGPROBS_OUTPUT!r} (an llm node's token_logprobs)"
             )
         wanted.append(LOGPROBS_OUTPUT)
-    answer = Completion(model.name, body, out_name, chat=chat, logprobs=LOGPROBS_OUTPUT in wanted)
+    answer = Completion(
+        body["model"], body, out_name, chat=chat, logprobs=LOGPROBS_OUTPUT in wanted
+    )
     user = body.get("user")  # named in the request id, so logs and errors carry it
     options = RequestOptions(
         request_id=f"{answer.id} (user {user})" if user else answer.id,
@@ -218,7 +222,9 @@ async def embeddings(repo: Repository, request: web.Request) -> web.Response:
         for i, row in enumerate(matrix)
     ]  # fmt: skip
     usage = {"prompt_tokens": 0, "total_tokens": 0}
-    return web.json_response({"object": "list", "data": data, "model": model.name, "usage": usage})
+    return web.json_response(
+        {"object": "list", "data": data, "model": body["model"], "usage": usage}
+    )
 
 
 def routes(repo: Repository) -> list[web.RouteDef]:

@@ -47,6 +47,8 @@ class Repository:
     def __init__(self) -> None:
         self.models: dict[str, ServedModel] = {}  # routing: name -> its default version's model
         self.pipelines: list[str] = []  # routed pipeline names
+        # /v1 names that are no KServe name (vLLM's --served-model-name org/model) -> pipeline
+        self.openai_names: dict[str, str] = {}
         self.versions: dict[str, dict[str, PipelineVersion]] = {}  # pipeline -> version -> it
         self.unavailable: dict[tuple[str, str], str] = {}  # (name, version) -> why, for the index
         self.control = None  # a model_control.ModelControl with --model-repository

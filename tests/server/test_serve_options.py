@@ -37,11 +37,6 @@ CASES = [
      "pipectl serve: --kv-cache-bytes: Input should be greater than or equal to 65536"),
     ("served-name", ["--model", SMOL, "--served-model-name", "a b"], 1,
      "pipectl serve: --served-model-name: String should match pattern"),
-    # vLLM users' Hugging Face names: refused saying why, with the name to use instead
-    ("hf-name", ["--model", SMOL, "--served-model-name", "HuggingFaceTB/SmolLM2-135M-Instruct"], 2,
-     "cannot hold '/' or '.': KServe carries it as one URL path segment (/v2/models/NAME/infer)"),
-    ("dotted-name", ["--model", SMOL, "--served-model-name", "Llama-3.1-8B"], 2,
-     "use letters, digits, _ and -, e.g. --served-model-name Llama-3-1-8B"),
 ]  # fmt: skip
 
 
