@@ -95,7 +95,7 @@ def scan(directory: Path) -> dict[str, dict[int, ModelFile]]:
         _add(found, ModelFile(name, version, path, _stamp(path), "file"))
     for path in sorted(directory.glob("*/[0-9]*/pipeline.y*ml")):
         folder = path.parent
-        if folder.name.isdigit() and 1 <= int(folder.name) <= MAX_VERSION:
+        if folder.name.isdigit() and int(folder.name) >= 1:  # above int64: refused at load
             name, version = folder.parent.name, int(folder.name)
             _add(found, ModelFile(name, version, path, _stamp(path), "folder"))
     return found
@@ -223,8 +223,12 @@ class ModelControl:
     async def _load_version(self, model_file: ModelFile) -> tuple[PipelineVersion | None, tuple]:
         """(the loaded version, ()) or (None, (version, reason, error type))."""
         name, version = model_file.name, model_file.version
-        if model_file.conflict():
-            return None, (version, self._failed(model_file, model_file.conflict()), InvalidInput)
+        if model_file.conflict() or version > MAX_VERSION:
+            why = model_file.conflict() or (
+                f"{model_file.path}: version folder {version} is above the largest model "
+                f"version, {MAX_VERSION} (an int64)"
+            )
+            return None, (version, self._failed(model_file, why), InvalidInput)
         self.say(f"loading {name!r} version {version} from {model_file.path}")
         try:
             plan = await asyncio.to_thread(compile_model_file, model_file)

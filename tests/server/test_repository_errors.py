@@ -184,3 +184,16 @@ def test_an_llm_param_the_model_cannot_take_is_a_400_naming_the_file(server, fie
     assert r.status_code == 400, r.text
     for part in (f"{name}.yaml", "node 'generate'", f"params.{field}", words):
         assert part in r.text, r.text
+
+
+def test_a_version_folder_beyond_int64_is_refused_and_the_others_serve(client, server):
+    huge = server.repo / "multi" / "99999999999999999999" / "pipeline.yaml"
+    write(huge, _folder_version(30, "version_policy: {policy: all}"))
+    try:
+        r = http_load(server, "multi")
+        assert r.status_code == 400, r.text
+        assert "99999999999999999999" in r.text and "int64" in r.text, r.text
+        np.testing.assert_array_equal(infer(client, "multi", "2"), [20, 20, 20, 20])
+    finally:
+        shutil.rmtree(huge.parent)
+    client.load_model("multi", headers=AUTH)
