@@ -15,7 +15,8 @@
 # The servers run one at a time, alternating, each driven by bench/peers/load.py; the table of
 # ratios is printed at the end (markdown, for BENCHMARKS.md). Threads: vLLM binds its worker
 # to core 0 and runs its API server and engine core on the other; pipectl gets THREADS torch
-# threads (default 1) in one process.
+# threads in one process (default "1 2": a row for each; vLLM keeps both cores busy, and
+# pipectl's asyncio server leaves a core idle that a second compute thread can use).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -28,7 +29,7 @@ ROUNDS="${ROUNDS:-2}"
 MAX_TOKENS="${MAX_TOKENS:-128}"
 CONCURRENCY="${CONCURRENCY:-64}"
 BATCH1="${BATCH1:-4}"
-THREADS="${THREADS:-1}"
+THREADS="${THREADS:-1 2}"
 PORT_V="${PORT_V:-8311}"
 PORT_P="${PORT_P:-8312}"
 OUT="$PEERS/run-$(date -u +%Y%m%dT%H%M%S)"
@@ -60,8 +61,8 @@ EOF
 fi
 
 TORCH_DTYPE=$([ "$DTYPE" = bf16 ] && echo bfloat16 || echo float32)
-pipeline() {  # $1: quantization
-  cat > "$OUT/llm-$1.yaml" <<EOF
+pipeline() {  # $1: quantization; $2: torch threads
+  cat > "$OUT/llm-$1-t$2.yaml" <<EOF
 apiVersion: pipectl/v1
 name: llm
 inputs:
@@ -80,12 +81,11 @@ nodes:
       max_tokens: $MAX_TOKENS
       ignore_eos: true
       max_num_seqs: 64
-      threads: $THREADS
+      threads: $2
     inputs: {prompt: \$inputs.prompt}
 EOF
 }
-pipeline none
-pipeline auto
+for t in $THREADS; do pipeline none "$t"; pipeline auto "$t"; done
 
 SERVER_PID=""
 stop_server() {
@@ -126,15 +126,18 @@ run_vllm() {
   stop_server
 }
 
-run_pipectl() {  # $1: quantization
-  local start=$SECONDS
-  "$PY" -m engine.cli serve "$OUT/llm-$1.yaml" --grpc-port 0 --http-port "$PORT_P" \
-    > "$OUT/pipectl-$1.log" 2>&1 &
-  SERVER_PID=$!
-  wait_ready "http://127.0.0.1:$PORT_P/v2/health/ready" "$OUT/pipectl-$1.log"
-  echo "# pipectl ($1) ready after $((SECONDS - start)) s"
-  measure "pipectl $DTYPE quantization=$1" "http://127.0.0.1:$PORT_P/v1" llm
-  stop_server
+run_pipectl() {  # $1: quantization; runs once per THREADS value
+  local start t
+  for t in $THREADS; do
+    start=$SECONDS
+    "$PY" -m engine.cli serve "$OUT/llm-$1-t$t.yaml" --grpc-port 0 --http-port "$PORT_P" \
+      > "$OUT/pipectl-$1-t$t.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "http://127.0.0.1:$PORT_P/v2/health/ready" "$OUT/pipectl-$1-t$t.log"
+    echo "# pipectl ($1, $t threads) ready after $((SECONDS - start)) s"
+    measure "pipectl $DTYPE quantization=$1 threads=$t" "http://127.0.0.1:$PORT_P/v1" llm
+    stop_server
+  done
 }
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores;" \
