@@ -10,7 +10,7 @@ import torch
 
 from nodes.llm.config import EngineConfig
 from nodes.llm.engine import LLMEngine
-from nodes.llm.quant import make_linear, quantize_int4, quantize_int8
+from nodes.llm.quant import DENSE_FROM_ROWS, make_linear, quantize_int4, quantize_int8
 from nodes.llm.sampling import SamplingParams
 from nodes.llm.weights import gguf_blocks
 
@@ -46,7 +46,7 @@ def _bound(x: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
-@pytest.mark.parametrize("rows", [1, 5, 64])
+@pytest.mark.parametrize("rows", [1, 5, 64, DENSE_FROM_ROWS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_quantized_linear_against_dequantized_fp32(kind, rows, dtype):
     raw, w = _ggml(kind, n=48, k=128, seed=rows)
@@ -61,6 +61,18 @@ def test_quantized_linear_against_dequantized_fp32(kind, rows, dtype):
         per_row = quantize_int8(w)
         reference = x.to(dtype).float() @ per_row.dequantize().t()
     assert ((got - reference).abs() <= _bound(x, w, rel)).all()
+
+
+def test_int4_from_dense_from_rows_is_the_dequantized_product_in_fp32():
+    """Prefill-sized products run densely on the weight dequantized on the fly: the same values
+    QuantizedWeight.dequantize gives, so fp32 activations meet an fp32 GEMM's rounding only."""
+    weight = quantize_int4(torch.randn(96, 128, generator=torch.Generator().manual_seed(1)))
+    linear = make_linear(weight, torch.float32, torch.device("cpu"))
+    assert torch.equal(linear.dense(), weight.dequantize())
+    x = torch.randn(DENSE_FROM_ROWS, 128, generator=torch.Generator().manual_seed(2))
+    reference = x.double() @ weight.dequantize().double().t()
+    fp32_bound = 128 * torch.finfo(torch.float32).eps * (x.abs() @ weight.dequantize().abs().t())
+    assert ((linear(x).double() - reference).abs() <= fp32_bound.double()).all()
 
 
 def test_quantize_int8_and_int4_errors_within_half_a_step():
