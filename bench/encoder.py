@@ -7,8 +7,8 @@ both are loaded in this process. Closed-loop clients (1, 16 and 64 in flight) su
 sentences from the sample corpus (~20 tokens) through engine.executor.Executor; rounds alternate
 between the two settings so that a noisy neighbour hits both. Prints markdown rows: embeddings/s
 (median round), p50 latency, mean batch size, process CPU ms per embedding, and the ratio.
-Target: batching >= 5x max_batch_size 1 at 64 concurrent. On a shared machine run it with
-OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads otherwise cost several times the CPU.
+Target: batching >= 5x max_batch_size 1 at 64 concurrent. Run it with GOMP_SPINCOUNT=10000 to
+wait as `pipectl` processes do (nodes/openmp.py); libgomp's default spin costs more CPU.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def main() -> None:
         f"{args.threads or 'default'}, ~20-token "
         f"sentences), in-process Executor, median of {args.rounds} alternating rounds of "
         f"{args.seconds:g} s, {os.cpu_count()} CPUs, OMP_WAIT_POLICY "
-        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {os.getloadavg()[0]:.1f}, "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} GOMP_SPINCOUNT "
+        f"{os.environ.get('GOMP_SPINCOUNT', 'unset')}, load average {os.getloadavg()[0]:.1f}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}\n"
     )
     print(

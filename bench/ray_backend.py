@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -28,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-# as engine/cli.py does: idle OpenMP threads must not spin on a shared 2-core machine
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from nodes.openmp import configure_openmp_waiting
+
+configure_openmp_waiting()  # as `pipectl` does, before torch loads: nodes/openmp.py
 
 from engine.bench.load import run_level
 from engine.bench.targets import InProcess

@@ -91,7 +91,8 @@ def main() -> None:
         f"\nIndexFlatIP {args.count:,} x {args.dim}, top {TOP_K}, faiss {faiss.__version__}, "
         f"threads {args.threads or 'default'}, "
         f"median of {args.rounds} alternating rounds of {args.seconds:g} s, OMP_WAIT_POLICY "
-        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {os.getloadavg()[0]:.1f}, "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} GOMP_SPINCOUNT "
+        f"{os.environ.get('GOMP_SPINCOUNT', 'unset')}, load average {os.getloadavg()[0]:.1f}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}\n"
     )
     head = " | ".join(f"{name} q/s" for name in settings)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# Several worker threads share few cores: OpenMP threads that spin while idle steal them from each
-# other (measured here: encoder at batch 1 took 125 CPU ms per embedding spinning, 13 ms passive).
-# Set before torch or faiss is imported; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from nodes.openmp import configure_openmp_waiting
+
+configure_openmp_waiting()  # before torch or faiss is imported: nodes/openmp.py
 
 # subcommand modules, in the order `pipectl --help` lists them
 COMMANDS = ("validate", "schema", "graph", "plan", "run", "index", "serve", "bench")

@@ -17,6 +17,7 @@ Helpers:
     paths.py          `pkg:` and relative paths in params;  jsonl.py  the JSON Lines reader
     index_builder.py  `pipectl index build`: a faiss_search index from a JSONL corpus
     hf_loading.py     transformers' from_pretrained under one lock (its lazy imports race)
+    openmp.py         how idle OpenMP workers wait (GOMP_SPINCOUNT); loading in a passing thread
     shared.py         one object per key, loaded once, reference-counted (LLM engines, and the
                       engine's shared batched nodes)
 """

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodes.base import Item, Node, NodeParams
+from nodes.openmp import configure_openmp_waiting
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,7 @@ class NodeActor:
     the process (and so reloads the node) when it dies, up to the actor's max_restarts."""
 
     def __init__(self, kind: type[Node], params: NodeParams, base_dir: str, device: str):
-        # idle OpenMP threads that spin steal cores from the other processes (see engine/cli.py)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        configure_openmp_waiting()  # as pipectl's own processes wait: nodes/openmp.py
         self._node = kind(params, Path(base_dir))
         self._node.load(device)
         self._device = device

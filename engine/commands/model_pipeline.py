@@ -53,13 +53,16 @@ def model_spec(
     max_model_len: int | None = None,
     kv_cache_bytes: int | None = None,
     speculative: dict | None = None,
+    threads: int | None = None,
     device: str = "auto",
     base_dir: str | Path = ".",
 ) -> PipelineSpec:
     """The pipeline spec serving `model` (pkg:module/file, a GGUF path or a HF folder, relative
-    to `base_dir`) as `served_name`. Raises SpecError (a bad name or param, with the flag)."""
+    to `base_dir`) as `served_name`. The model is alone in its process, as with `vllm serve`: it
+    computes on every core (`threads: 0`, torch's default) unless `threads` says otherwise.
+    Raises SpecError (a bad name or param, with the flag)."""
     name = served_name or default_served_name(model)
-    params: dict = {"model": model}
+    params: dict = {"model": model, "threads": 0 if threads is None else threads}
     for key, value in (
         ("dtype", dtype),
         ("quantization", quantization),
@@ -101,6 +104,7 @@ FLAGS = {
     "nodes.generate.params.max_model_len": "--max-model-len",
     "nodes.generate.params.kv_cache_bytes": "--kv-cache-bytes",
     "nodes.generate.params.speculative": "--speculative-config",
+    "nodes.generate.params.threads": "--threads",
     "defaults.placement.device": "--device",
 }
 

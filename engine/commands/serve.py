@@ -96,6 +96,12 @@ def _model_arguments(parser) -> None:
     model.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
     )
+    model.add_argument(
+        "--threads",
+        type=int,
+        help="the model's intra-op CPU threads (default: 0, torch's default: every physical "
+        "core, as vLLM's CPU build computes on the cores it is given)",
+    )
 
 
 def _server_arguments(parser) -> None:
@@ -173,7 +179,7 @@ def _model_plan(args: argparse.Namespace, name: str | None):
                 args.model, name, dtype=args.dtype,
                 quantization=args.quantization, speculative=args.speculative_config,
                 max_model_len=args.max_model_len, kv_cache_bytes=args.kv_cache_bytes,
-                device=args.device, base_dir=os.getcwd(),
+                threads=args.threads, device=args.device, base_dir=os.getcwd(),
             )
         )  # fmt: skip
     except (SpecError, GraphError, PlacementError) as exc:
@@ -203,7 +209,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
     if args.served_model_name == "":
         return "--served-model-name must not be empty"
     model_only = ("served_model_name", "dtype", "quantization", "max_model_len",
-                  "kv_cache_bytes", "speculative_config")  # fmt: skip
+                  "kv_cache_bytes", "speculative_config", "threads")  # fmt: skip
     stray = [f"--{n.replace('_', '-')}" for n in model_only if getattr(args, n) is not None]
     if stray and not args.model:
         return f"{', '.join(stray)} only applies with --model"

@@ -16,6 +16,7 @@ fails, and the engine keeps the torch path.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -27,12 +28,23 @@ from functools import cache
 from pathlib import Path
 
 import torch
+import torch.autograd.profiler
 from torch.profiler import record_function
 
 log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(f) for f in ("paged_attention.c", "fused_ops.c"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")  # compile only: see _build
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
+
+
+_UNNAMED = contextlib.nullcontext()
+
+
+def _named(name: str):
+    """`record_function(name)` while a torch profiler runs (its tables then name the kernel's
+    calls), else nothing: entering one costs ~6 µs, 0.4 ms of a 27 ms decode step at batch 1."""
+    profiling = getattr(torch.autograd.profiler, "_is_profiler_enabled", True)
+    return record_function(name) if profiling else _UNNAMED
 
 
 class _Shape(ctypes.Structure):
@@ -73,7 +85,7 @@ class CpuAttention:
         k_strides = (ctypes.c_int64 * 2)(k.stride(0), k.stride(1))
         v_strides = (ctypes.c_int64 * 2)(v.stride(0), v.stride(1))
         slots = slots.contiguous()
-        with record_function("pipectl::paged_store"):  # named in torch.profiler's tables
+        with _named("pipectl::paged_store"):
             self._store(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                         slots.data_ptr(), k.shape[0], k_strides, v_strides,
                         ctypes.byref(self._shape(k_cache)), k_cache.element_size())  # fmt: skip
@@ -90,7 +102,7 @@ class CpuAttention:
         scratch = torch.empty(heads // k_cache.shape[2] * blocks.shape[1] * k_cache.shape[1])
         shape = self._shape(k_cache, n=n, heads=heads, width=blocks.shape[1],
                             scale=head_dim**-0.5)  # fmt: skip
-        with record_function("pipectl::paged_decode"):
+        with _named("pipectl::paged_decode"):
             self._decode[q.dtype](
                 q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), blocks.data_ptr(),
                 lens.data_ptr(), out.data_ptr(), scratch.data_ptr(), ctypes.byref(shape),

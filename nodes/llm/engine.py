@@ -32,6 +32,7 @@ from nodes.llm.speculative import accept, verification_rows
 from nodes.llm.structured import GrammarCompiler, advance
 from nodes.llm.tokenizer import Tokenizer
 from nodes.llm.weights import load_weights
+from nodes.openmp import in_passing_thread
 
 Prompt = str | list[int]
 _ids = itertools.count()
@@ -48,11 +49,9 @@ class LLMEngine:
             torch.set_num_threads(self.config.num_threads)
         keep = self.config.quantization != "none" and self.config.device.startswith("cpu")
         max_len = functools.partial(derive_max_model_len, self.config.max_model_len)
-        model_config, weights = load_weights(model, keep_quantized=keep, check=max_len)
+        model_config, self.runner = in_passing_thread(self._load, model, keep, max_len)
         self.model_config = model_config
         self.tokenizer = Tokenizer(model)
-        self.runner = ModelRunner(model_config, weights, self.config)
-        del weights
         self.blocks = BlockManager(
             self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
@@ -71,6 +70,10 @@ class LLMEngine:
         self.num_generated = 0
         self.num_draft_tokens = 0  # speculative proposals checked, and accepted
         self.num_accepted_tokens = 0
+
+    def _load(self, model: str | Path, keep_quantized: bool, check) -> tuple:
+        model_config, weights = load_weights(model, keep_quantized=keep_quantized, check=check)
+        return model_config, ModelRunner(model_config, weights, self.config)
 
     def _make_seq(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> Sequence:
         if isinstance(prompt, str) and self.tokenizer.surely_longer_than(

@@ -186,6 +186,9 @@ def test_model_pipeline_serves_one_llm():
     plan = compile_spec(model_spec("missing.gguf", "chat", dtype="fp32"), devices=[CPU])
     assert plan.name == "chat" and list(plan.nodes) == ["generate"]
     assert plan.nodes["generate"].params.dtype == "fp32"
+    assert plan.nodes["generate"].params.threads == 0  # alone in its process: every core
+    threads = compile_spec(model_spec("missing.gguf", threads=1), devices=[CPU])  # --threads
+    assert threads.nodes["generate"].params.threads == 1
     assert {"messages", "prompt", "max_tokens", "top_logprobs"} <= set(plan.inputs)
     with pytest.raises(GraphError, match="max_model_len"):
         compile_spec(model_spec("missing.gguf", max_model_len=1), devices=[CPU])

@@ -37,6 +37,9 @@ CASES = [
      "pipectl serve: --kv-cache-bytes: Input should be greater than or equal to 65536"),
     ("served-name", ["--model", SMOL, "--served-model-name", "a b"], 1,
      "pipectl serve: --served-model-name: String should match pattern"),
+    ("threads", ["--model", SMOL, "--threads", "-1"], 1,
+     "pipectl serve: --threads: Input should be greater than or equal to 0"),
+    ("threads-alone", ["pipelines/search.yaml", "--threads", "2"], 2, "--threads only applies with --model"),
 ]  # fmt: skip
 
 
