@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodes.base import Item, Node, NodeParams
-from nodes.openmp import configure_openmp_waiting
+from nodes.openmp import configure_openmp_waiting, in_passing_thread
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class NodeActor:
     def __init__(self, kind: type[Node], params: NodeParams, base_dir: str, device: str):
         configure_openmp_waiting()  # as pipectl's own processes wait: nodes/openmp.py
         self._node = kind(params, Path(base_dir))
-        self._node.load(device)
+        # batches compute on the pool's thread below: a load on this (lasting) thread would keep
+        # an OpenMP team here that makes theirs wait asleep (nodes/openmp.py)
+        in_passing_thread(self._node.load, device)
         self._device = device
         # batches run one at a time, off the actor's event loop, so that statistics and
         # streams are answered while a batch computes
