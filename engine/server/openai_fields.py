@@ -156,6 +156,8 @@ def check_fields(body: dict, *, chat: bool) -> None:
     if options is not None:
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
             raise _refuse("stream_options", f"only include_usage, got {options!r}")
+        if options.get("include_usage") is not None:
+            _boolean("stream_options.include_usage", options["include_usage"])
         if not body.get("stream"):
             raise InvalidInput("'stream_options' is only allowed with 'stream': true")
     user = body.get("user")

@@ -491,6 +491,11 @@ OPENAI = [
     ("messages-not-list", {"messages": "Hi"}, "messages"),
     ("message-not-object", {"messages": ["Hi"]}, "messages[0]"),
     ("content-part-text", {"messages": [{"role": "user", "content": [{"text": 5}]}]}, "text"),
+    (
+        "include-usage-not-bool",
+        {"stream": True, "stream_options": {"include_usage": "yes"}},
+        "'stream_options.include_usage' must be true or false",
+    ),
 ]
 
 
