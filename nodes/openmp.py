@@ -31,6 +31,25 @@ def configure_openmp_waiting(environ: MutableMapping[str, str] = os.environ) -> 
         environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset or
+    `taskset`; os.cpu_count() where the platform has no affinity call)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_thread_count(threads: int) -> str | None:
+    """Why `threads` intra-op threads cannot run here (None if they can): more threads than
+    usable CPUs only contend for them, and libgomp cannot start an absurd count at all (100,000
+    failed with "can't start new thread", then crashed the process at exit)."""
+    cpus = usable_cpus()
+    if threads > cpus:
+        return (f"{threads} threads are more than the {cpus} CPUs this process can run on "
+                "(0: one per core, torch's default)")  # fmt: skip
+    return None
+
+
 def in_passing_thread(fn: Callable[..., T], *args) -> T:
     """fn(*args) in a thread that ends with it; its result, or its exception raised here.
 

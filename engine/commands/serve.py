@@ -162,6 +162,7 @@ def _model_plan(args: argparse.Namespace, name: str | None):
     from engine.commands.model_pipeline import flag_problems, model_spec
     from engine.compiler import compile_spec
     from engine.errors import GraphError, PlacementError, SpecError
+    from nodes.openmp import check_thread_count
     from nodes.paths import resolve_path
 
     try:  # a missing model fails here, not after the server started (as `vllm serve` does)
@@ -172,6 +173,9 @@ def _model_plan(args: argparse.Namespace, name: str | None):
         why = "no such file or folder"
     if not found:
         print(f"pipectl serve: --model {args.model}: {why}", file=sys.stderr)
+        return None
+    if args.threads and (problem := check_thread_count(args.threads)):
+        print(f"pipectl serve: --threads: {problem}", file=sys.stderr)
         return None
     try:
         return compile_spec(

@@ -66,7 +66,8 @@ class LLMParams(NodeParams):
     |                        |                    | max_position_embeddings (else a load error);   |
     |                        |                    | unset: that, capped at 2048                    |
     | enable_prefix_caching  | true               | reuse KV blocks of shared prompt prefixes      |
-    | threads                | 1                  | torch intra-op threads (0: torch's default)    |
+    | threads                | 1                  | torch intra-op threads (0: torch's default);   |
+    |                        |                    | above the usable CPUs: a load error            |
     | attention_backend      | auto               | auto, torch, cpu_kernel: decode attention on   |
     |                        |                    | CPU (nodes/llm/cpu_attention.py)               |
     | speculative            | none               | {method: ngram, num_speculative_tokens: k,     |

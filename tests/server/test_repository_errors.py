@@ -172,13 +172,19 @@ def test_a_version_beyond_int64_is_refused(client, server):
 
 @pytest.mark.parametrize(
     ("field", "value", "words"),
-    [("max_model_len", "9000", "9000"), ("kv_cache_bytes", "65536", "holds no block of KV")],
+    [
+        ("max_model_len", "9000", "9000"),
+        ("kv_cache_bytes", "65536", "holds no block of KV"),
+        ("threads", "100000", "100000 threads are more than the"),
+    ],
 )
 def test_an_llm_param_the_model_cannot_take_is_a_400_naming_the_file(server, field, value, words):
     name = f"llm_{field}"
     text = (DATA / "llm.yaml").read_text().replace("name: chat", f"name: {name}")
-    old = {"max_model_len": "max_model_len: 512", "kv_cache_bytes": "kv_cache_bytes: 67108864"}
-    text = text.replace(old[field], f"{field}: {value}")
+    old = {"max_model_len": "max_model_len: 512", "kv_cache_bytes": "kv_cache_bytes: 67108864",
+           "threads": "max_tokens: 16"}  # fmt: skip
+    new = f"{field}: {value}" if field != "threads" else f"max_tokens: 16, threads: {value}"
+    text = text.replace(old[field], new)
     write(server.repo / f"{name}.yaml", text)
     r = http_load(server, name)
     assert r.status_code == 400, r.text

@@ -39,6 +39,8 @@ CASES = [
      "pipectl serve: --served-model-name: String should match pattern"),
     ("threads", ["--model", SMOL, "--threads", "-1"], 1,
      "pipectl serve: --threads: Input should be greater than or equal to 0"),
+    ("threads-above-cpus", ["--model", SMOL, "--threads", "100000"], 1,
+     "pipectl serve: --threads: 100000 threads are more than the"),
     ("threads-alone", ["pipelines/search.yaml", "--threads", "2"], 2, "--threads only applies with --model"),
 ]  # fmt: skip
 
