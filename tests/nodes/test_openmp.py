@@ -57,7 +57,7 @@ def test_result_and_exception_come_back_from_another_thread():
 # A parallel torch op on a thread gives it an OpenMP team (one more worker thread for 2 threads)
 # that lives as long as that thread; run in a passing thread, it leaves no worker behind.
 _TEAM_LEFT = """
-import os, torch
+import os, time, torch
 from nodes.openmp import in_passing_thread
 torch.set_num_threads(2)
 x = torch.randn(2048, 2048)
@@ -66,6 +66,11 @@ def work():
 threads = lambda: len(os.listdir('/proc/self/task'))
 before = threads()
 in_passing_thread(work)
+# the ended thread and its team's worker leave /proc a moment after join() returns
+for _ in range(200):
+    if threads() == before:
+        break
+    time.sleep(0.05)
 passing = threads()
 work()
 print(passing - before, threads() - before)
