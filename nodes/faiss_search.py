@@ -18,6 +18,7 @@ from pydantic import Field
 
 from nodes.base import Item, Node, NodeParams, Ports, TensorSpec
 from nodes.errors import InvalidConfig
+from nodes.openmp import refuse_thread_count
 from nodes.paths import resolve_path
 
 INDEX_FILE = "index.faiss"
@@ -167,6 +168,7 @@ class FaissSearchNode(Node):
     def load(self, device: str) -> None:
         import faiss
 
+        refuse_thread_count(self.params.threads)
         self.device = device
         folder = self._index_dir(self.params, self.base_dir)
         meta = read_meta(folder)

@@ -50,6 +50,15 @@ def check_thread_count(threads: int) -> str | None:
     return None
 
 
+def refuse_thread_count(threads: int | None) -> None:
+    """Raise nodes.errors.InvalidConfig naming the `threads` param when `check_thread_count`
+    finds it cannot run here (a node's load; None or 0: torch's default, always fine)."""
+    from nodes.errors import InvalidConfig
+
+    if threads and (problem := check_thread_count(threads)):
+        raise InvalidConfig(problem, field="threads")
+
+
 def in_passing_thread(fn: Callable[..., T], *args) -> T:
     """fn(*args) in a thread that ends with it; its result, or its exception raised here.
 

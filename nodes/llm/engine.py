@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nodes.compute_dtype import resolve_dtype
-from nodes.errors import InstanceLost, InvalidConfig, InvalidRequest
+from nodes.errors import InstanceLost, InvalidRequest
 from nodes.llm.config import EngineConfig, derive_max_model_len
 from nodes.llm.kv_cache import BlockManager
 from nodes.llm.outputs import Completion, Delta, completion, merge
@@ -32,7 +32,7 @@ from nodes.llm.speculative import accept, verification_rows
 from nodes.llm.structured import GrammarCompiler, advance
 from nodes.llm.tokenizer import Tokenizer
 from nodes.llm.weights import load_weights
-from nodes.openmp import check_thread_count, in_passing_thread
+from nodes.openmp import in_passing_thread, refuse_thread_count
 
 Prompt = str | list[int]
 _ids = itertools.count()
@@ -45,8 +45,7 @@ class LLMEngine:
         config = config or EngineConfig()
         self.dtype = resolve_dtype(config.dtype, config.device)  # auto → this device's dtype
         self.config = dataclasses.replace(config, dtype=self.dtype.dtype)
-        if problem := check_thread_count(self.config.num_threads):
-            raise InvalidConfig(problem, field="threads")
+        refuse_thread_count(self.config.num_threads)
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
         keep = self.config.quantization != "none" and self.config.device.startswith("cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.openmp import SPIN_ROUNDS, configure_openmp_waiting, in_passing_thread
+from nodes.openmp import SPIN_ROUNDS, configure_openmp_waiting, in_passing_thread, usable_cpus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +82,25 @@ def test_a_passing_thread_leaves_no_openmp_team_behind():
     passing, direct = map(int, _python(_TEAM_LEFT).split())
     assert passing == 0
     assert direct >= 1  # the same work on this thread left its team's worker running
+
+
+@pytest.mark.parametrize("kind", ["encoder", "faiss_search", "llm"])
+def test_more_threads_than_cpus_is_a_load_error_naming_threads(kind, tmp_path):
+    """threads: 100000 started that many OpenMP threads: "can't start new thread", then a
+    segfault at exit. Each kind with a threads param refuses it before reading its model."""
+    from nodes.encoder import EncoderNode, EncoderParams
+    from nodes.errors import InvalidConfig
+    from nodes.faiss_search import FaissSearchNode, FaissSearchParams
+    from nodes.llm.node import LLMNode, LLMParams
+
+    too_many = usable_cpus() + 1
+    node = {
+        "encoder": lambda: EncoderNode(EncoderParams(threads=too_many), None),
+        "faiss_search": lambda: FaissSearchNode(
+            FaissSearchParams(index="none", threads=too_many), tmp_path
+        ),
+        "llm": lambda: LLMNode(LLMParams(threads=too_many), None),
+    }[kind]()
+    with pytest.raises(InvalidConfig, match=f"{too_many} threads are more than the") as caught:
+        node.load("cpu")
+    assert caught.value.field == "threads"
