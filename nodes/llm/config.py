@@ -126,6 +126,9 @@ class EngineConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend {self.attention_backend!r} unsupported; "
                              f"choose from {', '.join(ATTENTION_BACKENDS)}")  # fmt: skip
+        if self.attention_backend == "cpu_kernel" and self.dtype == "fp16":
+            raise ValueError("attention_backend cpu_kernel reads fp32 or bf16 KV caches, not fp16; "
+                             "use dtype fp32/bf16/auto, or attention_backend auto or torch")  # fmt: skip
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         lows = {"kv_cache_bytes": 1, "max_num_seqs": 1, "max_num_batched_tokens": 1,

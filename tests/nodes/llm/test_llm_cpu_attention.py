@@ -112,6 +112,9 @@ def test_loading_the_kernel_keeps_denormals(tmp_path, monkeypatch):
 def test_attention_backend_is_checked():
     with pytest.raises(ValueError, match="attention_backend 'flash'.*auto, torch, cpu_kernel"):
         EngineConfig(attention_backend="flash")
+    # the kernel never takes an fp16 cache: refused when the file is checked, not at load
+    with pytest.raises(ValueError, match="cpu_kernel reads fp32 or bf16 KV caches, not fp16"):
+        EngineConfig(dtype="fp16", attention_backend="cpu_kernel")
 
 
 def test_no_compiler_means_torch_ops_or_a_clear_error(tiny_model_dir, monkeypatch, tmp_path):
