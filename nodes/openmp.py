@@ -45,8 +45,8 @@ def check_thread_count(threads: int) -> str | None:
     failed with "can't start new thread", then crashed the process at exit)."""
     cpus = usable_cpus()
     if threads > cpus:
-        return (f"{threads} threads are more than the {cpus} CPUs this process can run on "
-                "(0: one per core, torch's default)")  # fmt: skip
+        why = f"{threads} threads are more than the {cpus} CPUs this process can run on"
+        return f"{why} (at most {cpus})"
     return None
 
 
