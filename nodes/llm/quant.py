@@ -253,4 +253,12 @@ class _Int4Linear:
             x.to(torch.bfloat16).contiguous(), self.packed, self.group, self.scale_zeros
         )
         sums = x.float().view(m, k // self.group, self.group).sum(-1)
-        return torch.addmm(y.float(), sums, self.bias_rows).to(self.dtype)
+        if m == 1:
+            # MKL computes a one-row product as a GEMV, whose sums round differently from its
+            # GEMM's; from two rows on each row's result did not depend on the others (tested
+            # for 1-255 rows). A speculative check runs a token in a chunk of k + 1 rows, its
+            # plain decode in a row alone: they must agree to keep greedy output identical.
+            bias = torch.mm(F.pad(sums, (0, 0, 0, 1)), self.bias_rows)[:1]
+        else:
+            bias = torch.mm(sums, self.bias_rows)
+        return (y.float() + bias).to(self.dtype)

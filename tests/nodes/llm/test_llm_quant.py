@@ -75,6 +75,19 @@ def test_int4_from_dense_from_rows_is_the_dequantized_product_in_fp32():
     assert ((linear(x).double() - reference).abs() <= fp32_bound.double()).all()
 
 
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_a_row_comes_out_the_same_alone_and_in_a_chunk(kind):
+    """A speculative check computes a token in a chunk of k + 1 rows, plain decoding in a row
+    alone (and batches put rows side by side): bit for bit the same, or greedy output drifts."""
+    quantize = quantize_int4 if kind == "int4" else quantize_int8
+    weight = quantize(torch.randn(1536, 576, generator=torch.Generator().manual_seed(4)) * 0.05)
+    linear = make_linear(weight, torch.float32, torch.device("cpu"))
+    x = torch.randn(80, 576, generator=torch.Generator().manual_seed(5))
+    alone = torch.cat([linear(x[i : i + 1]) for i in range(len(x))])
+    for rows in (2, 3, 5, 17, 64):
+        assert torch.equal(linear(x[:rows]), alone[:rows]), rows
+
+
 def test_quantize_int8_and_int4_errors_within_half_a_step():
     w = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
     q8 = quantize_int8(w)

@@ -113,6 +113,16 @@ def test_greedy_output_is_token_identical_with_speculation(tiny_model_dir, plain
         assert preemptions > 0
 
 
+def test_greedy_output_is_token_identical_with_speculation_on_int4_weights(tiny_model_dir):
+    """The same with the weights kept as int4 (as a Q4 GGUF runs): the check's chunk and a plain
+    step's single row go through different matmul paths, which must agree bit for bit."""
+    prompts = _prompts(6, seed=1)
+    plain, _, _ = _generate(tiny_model_dir, prompts, GREEDY, quantization="int4")
+    out, stats, _ = _generate(tiny_model_dir, prompts, GREEDY, SPEC, quantization="int4")
+    assert [c.token_ids for c in out] == [c.token_ids for c in plain]
+    assert stats["spec_accepted_tokens"] > 0
+
+
 def test_stops_logprobs_and_sampled_requests_match_without_speculation(tiny_model_dir, plain):
     prompts, expected = plain
     stop_at = expected[0][7]  # a token the first answer reaches mid-way
