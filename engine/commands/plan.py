@@ -69,7 +69,7 @@ def format_plan(plan: Plan) -> str:
                 str(node.batching.max_batch_size),
                 f"{node.batching.max_queue_delay_ms:g}",
                 ", ".join(f"{d} x{n}" for d, n in devices.items()),
-                _threads(getattr(node.params, "threads", None)),
+                _threads(node.params),
                 ", ".join(dtypes) or "-",
                 str(getattr(node.params, "quantization", None) or "-"),
                 _size(memory),
@@ -105,9 +105,12 @@ def _wiring(plan: Plan, name: str, node) -> str:
     return ", ".join(shown) or "-"
 
 
-def _threads(threads: int | None) -> str:
-    """A node's intra-op CPU threads as its params set them (None or 0: torch's default)."""
-    return "-" if threads is None else ("all" if threads == 0 else str(threads))
+def _threads(params) -> str:
+    """A node's intra-op CPU threads as its params set them: "all" for torch's or OpenMP's
+    default (None or 0), "-" for a kind without the param."""
+    if not hasattr(params, "threads"):
+        return "-"
+    return str(params.threads) if params.threads else "all"
 
 
 def _fits_ray_cluster(plan: Plan, address: str) -> bool:

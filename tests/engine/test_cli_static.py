@@ -110,6 +110,13 @@ def test_plan_shows_an_llm_node_threads_and_weights(capsys, tmp_path):
     assert (device, count, threads, weights) == ("cpu", "x1", "all", "int4")
 
 
+def test_plan_shows_threads_left_to_the_default_as_all(capsys):
+    """The encoder's `threads: null` (torch's default) computes on every core, as `0` does."""
+    assert main(["plan", str(ROOT / "pipelines" / "search.yaml")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[4:7]}
+    assert rows["encode"][7] == "all" and rows["search"][7] == "1"  # search.yaml: threads: 1
+
+
 def test_graph_of_a_broken_pipeline_still_draws(capsys, write_pipeline):
     assert main(["graph", str(write_pipeline(BAD))]) == 1
     out, err = capsys.readouterr()
