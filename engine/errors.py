@@ -84,7 +84,14 @@ class GraphError(_IssuesError):
 
 
 class PlacementError(PipelineError):
-    """Node instances do not fit on the available devices."""
+    """Node instances do not fit on the available devices. `field` says which request failed:
+    "device" (no such device) or "memory" (no room), "" otherwise; `reason` is the message
+    without the file:line prefix."""
+
+    def __init__(self, message: str, *, field: str = "", where: str = ""):
+        super().__init__(where + message)
+        self.field = field
+        self.reason = message
 
 
 class NotASubPlan(PipelineError, ValueError):

@@ -75,14 +75,15 @@ def allowed_devices(request: PlacementRequest, devices: list[Device]) -> list[De
         if name == "cuda":
             if not gpus:
                 raise PlacementError(
-                    f"{request.where}node {request.node!r} asks for a CUDA device; devices: {known}"
-                )
+                    f"node {request.node!r} asks for a CUDA device; devices: {known}",
+                    field="device", where=request.where,
+                )  # fmt: skip
             return gpus
         if name not in by_name:
             raise PlacementError(
-                f"{request.where}node {request.node!r} asks for {name}, which does not exist; "
-                f"devices: {known}"
-            )
+                f"node {request.node!r} asks for {name}, which does not exist; devices: {known}",
+                field="device", where=request.where,
+            )  # fmt: skip
         return [by_name[name]]
 
     chosen = expand(request.device)
@@ -110,7 +111,9 @@ def place(
         for n in range(request.instances):
             fits = [d for d in allowed if _free(d, used) >= request.memory_bytes]
             if not fits:
-                raise PlacementError(_no_room(request, n, allowed, used))
+                raise PlacementError(
+                    _no_room(request, n, allowed, used), field="memory", where=request.where
+                )
             best = min(fits, key=lambda d: (used[d.name], last_pick[d.name], devices.index(d)))
             used[best.name] += request.memory_bytes
             last_pick[best.name] = clock
@@ -130,7 +133,7 @@ def _no_room(request: PlacementRequest, n: int, allowed: list[Device], used) -> 
         f"{d.name} {_gib(_free(d, used))} free of {_gib(d.memory_bytes)}" for d in allowed
     )
     return (
-        f"{request.where}node {request.node!r}: instance {n + 1} of {request.instances} needs "
+        f"node {request.node!r}: instance {n + 1} of {request.instances} needs "
         f"{_gib(request.memory_bytes)} and no allowed device has room ({free})"
     )
 

@@ -9,9 +9,13 @@ import json
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from engine.commands import ray_address
 from engine.commands.validate import compile_or_report
+
+if TYPE_CHECKING:
+    from engine.errors import PlacementError
 
 
 def add_parser(subparsers) -> None:
@@ -194,13 +198,14 @@ def _model_plan(args: argparse.Namespace, name: str | None):
     return None
 
 
-def _placement_problem(args: argparse.Namespace, exc: Exception) -> str:
+def _placement_problem(args: argparse.Namespace, exc: PlacementError) -> str:
     """A `--model` pipeline that does not fit the devices, naming the flag at fault (a missing
     device: --device; no room: --kv-cache-bytes) instead of a line of the generated pipeline."""
-    why = re.sub(rf"^{re.escape(f'--model {args.model}:')}\d+: ", "", str(exc))
-    if "asks for" in why:
-        return f"--device {args.device}: {why}"
-    return f"--kv-cache-bytes (with the model's weights): {why}"
+    if exc.field == "device":
+        return f"--device {args.device}: {exc.reason}"
+    if exc.field == "memory":
+        return f"--kv-cache-bytes (with the model's weights): {exc.reason}"
+    return str(exc)
 
 
 def _option_problem(args: argparse.Namespace) -> str | None:
